@@ -1,0 +1,121 @@
+/*
+ * The one C ABI between the PostgreSQL shim (src/traffic_control.c) and the C++ core.
+ *
+ * Every function is implemented in src/core/capi.cpp behind one guard that
+ * catches every C++ exception: a function that can fail returns false and
+ * tc_last_error() tells why; the shim then raises the PostgreSQL error outside
+ * any C++ frame. Nothing here includes postgres.h, and nothing here calls back
+ * into PostgreSQL except through the lock functions the shim hands over.
+ */
+#ifndef TRAFFIC_CONTROL_CAPI_H
+#define TRAFFIC_CONTROL_CAPI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Text of the last failure (valid until the next call into the core). */
+const char *tc_last_error(void);
+
+/* ---- configuration (GUC check hooks; never raise, only report) ---- */
+bool tc_check_budgets(const char *json);
+bool tc_check_rules(const char *json);
+
+/*
+ * Rebuilds this backend's rule set from both GUC values (already validated).
+ * Each rule skipped (unknown budget) is passed to `report`.
+ */
+typedef void (*tc_report_fn)(const char *rule, const char *message);
+bool tc_load_config(const char *budgets_json, const char *rules_json, tc_report_fn report);
+/* True when no rule can match: the per-statement fast path. Cannot fail. */
+bool tc_config_empty(void);
+
+/* ---- the shared table (PostgreSQL shared memory) ---- */
+size_t tc_table_size(int capacity);
+bool tc_table_format(void *memory, size_t size, int capacity);
+
+typedef struct tc_lock_ops
+{
+	void (*lock_exclusive)(void);
+	void (*lock_shared)(void);
+	void (*unlock)(void);
+} tc_lock_ops;
+
+/* Attaches this backend to formatted memory; lock functions must not raise. */
+bool tc_table_attach(void *memory, size_t size, const tc_lock_ops *lock_ops);
+
+/* ---- admission ---- */
+typedef struct tc_statement
+{
+	const char *text;			/* the statement's own text (not NUL-terminated) */
+	size_t		text_len;
+	const char *username;		/* NULL when unknown */
+	const char *application_name;
+	const char *remote_address; /* NULL for Unix-socket connections */
+	const char *database;
+	const char *command;		/* select, insert, update, delete, merge, utility */
+	int64_t		query_id;
+	bool		has_query_id;
+	int			parallel_workers;	/* planned workers; the statement counts 1 + this */
+	double		plan_cost;		/* planner total cost; <0 when none (utility) */
+	int64_t		wall_now_us;	/* Unix epoch microseconds, for last_blocked_at */
+	const char *message_prefix; /* traffic_control.message_prefix */
+} tc_statement;
+
+typedef struct tc_report
+{
+	const char *message;
+	const char *detail;
+	const char *hint;			/* NULL when there is none */
+} tc_report;
+
+typedef enum tc_outcome
+{
+	TC_ADMITTED = 0,			/* run it; `holding` is held (or 0 when nothing is) */
+	TC_REFUSED = 1,				/* raise `refusal` with SQLSTATE 53000 */
+	TC_MUST_WAIT = 2			/* wait for a slot, then call tc_admit again */
+} tc_outcome;
+
+typedef struct tc_admission
+{
+	tc_outcome	outcome;
+	int64_t		queue_timeout_ms;	/* TC_MUST_WAIT: how long waiting may last */
+	int			notice_count;	/* NOTICEs to send (admitted or refused) */
+	const tc_report *notices;
+	tc_report	refusal;		/* TC_REFUSED */
+	int64_t		holding;		/* TC_ADMITTED: token for tc_release, 0 = none */
+} tc_admission;
+
+typedef enum tc_attempt
+{
+	TC_ATTEMPT_FIRST = 0,		/* may wait for a slot: counted as queued */
+	TC_ATTEMPT_RETRY = 1,		/* woken while waiting: may wait again */
+	TC_ATTEMPT_FINAL = 2		/* the queue time is over: refuse, never wait */
+} tc_attempt;
+
+/*
+ * Decides one statement. Output pointers stay valid until the next tc_admit
+ * call.
+ */
+bool tc_admit(const tc_statement *statement, tc_attempt attempt, tc_admission *out);
+
+/* Gives back what `holding` holds; unknown or already released tokens are
+ * ignored, so a holding is released exactly once. *wake is set when waiters
+ * should be woken. */
+bool tc_release(int64_t holding, bool *wake);
+/* Releases everything this backend holds (exit, safety net). */
+bool tc_release_all(bool *wake);
+
+/* Backends waiting for a slot: counted so releases know to wake them. */
+bool tc_waiter_add(void);
+bool tc_waiter_remove(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif							/* TRAFFIC_CONTROL_CAPI_H */

@@ -1,0 +1,36 @@
+// The text clients see: NOTICE and ERROR messages, DETAIL and HINT.
+#pragma once
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "traffic_control/bucket_table.hpp"
+#include "traffic_control/config.hpp"
+#include "traffic_control/core_header_guard.hpp"
+
+namespace tc {
+
+struct Report {
+  std::string message;
+  std::string detail;
+  std::string hint;  // empty = no HINT
+};
+
+struct VerdictContext {
+  std::string_view prefix;  // traffic_control.message_prefix
+  const Budget* budget = nullptr;
+  std::string_view rule;                    // name of the rule that put the statement in the budget
+  std::string_view each_key;                // the rule's `each` key, empty when none
+  std::string_view instance;                // the `each` value
+  std::optional<double> predicted_seconds;  // CPU-seconds; none until the estimator knows
+};
+
+// `<prefix> query blocked by budget "<b>": <limit> exceeded` (refused) or
+// `<prefix> query would be blocked by budget "<b>": <limit> exceeded` (warned),
+// with DETAIL naming the rule, the predicted cost, the limit and the level.
+Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict, bool refused);
+
+// Shortest decimal form of a number for messages ("2", "0.25", "1e-06").
+std::string FormatNumber(double value);
+
+}  // namespace tc

@@ -1,0 +1,66 @@
+// The backend-local rule set: which budgets apply to a statement's metadata.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "traffic_control/config.hpp"
+#include "traffic_control/core_header_guard.hpp"
+#include "traffic_control/ip_address.hpp"
+#include "traffic_control/metadata.hpp"
+
+namespace tc {
+
+struct RuleProblem {
+  std::string rule;     // rule name
+  std::string message;  // e.g. "budget \"x\" does not exist; rule skipped"
+};
+
+// One budget that applies to a statement.
+struct BudgetMatch {
+  std::uint32_t budget_index = 0;  // into RuleSet::budgets()
+  std::uint32_t rule_index = 0;  // into RuleSet::rules(): the first matching rule, in config order
+  bool has_instance = false;     // the rule has `each`
+  std::string instance;          // the `each` value when has_instance
+};
+
+class RuleSet {
+ public:
+  RuleSet() = default;
+
+  // Rules that name an unknown budget are skipped and reported in `problems`.
+  // Rules of budgets in mode "off" are kept (for status) but never match.
+  // rules() keeps every rule, skipped or not, in config order.
+  RuleSet(std::vector<Budget> budgets, std::vector<Rule> rules, std::vector<RuleProblem>* problems);
+
+  // Appends to `out` one entry per distinct (budget, instance) that applies,
+  // ordered by budget index then instance. Work is proportional to the number of
+  // metadata items, the number of distinct remote_address prefix lengths and
+  // the candidate rules found, not to the number of rules.
+  void Match(const Metadata& metadata, std::vector<BudgetMatch>* out) const;
+
+  // True when rule `rule_index` (into rules()) applies to `metadata`: the same
+  // test Match() makes, so false for skipped rules, rules of "off" budgets and
+  // indexes out of range. For explaining a decision; not for the hot path.
+  bool RuleMatches(std::size_t rule_index, const Metadata& metadata) const;
+
+  const std::vector<Budget>& budgets() const { return budgets_; }
+  const std::vector<Rule>& rules() const { return rules_; }
+  // True when no rule can ever match (fast path: nothing to do per statement).
+  bool empty() const { return active_rule_count_ == 0; }
+
+ private:
+  // The compiled rules and lookup tables (abseil hash maps), defined in
+  // ruleset.cpp so that users of this header do not compile abseil. Shared and
+  // immutable, so copying a RuleSet is cheap.
+  struct Index;
+
+  std::vector<Budget> budgets_;
+  std::vector<Rule> rules_;
+  std::size_t active_rule_count_ = 0;
+  std::shared_ptr<const Index> index_;
+};
+
+}  // namespace tc

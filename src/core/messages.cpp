@@ -1,0 +1,73 @@
+#include "traffic_control/messages.hpp"
+
+#include <cmath>
+#include <cstdio>
+
+namespace tc {
+
+std::string FormatNumber(double value) {
+  if (std::isinf(value)) return value > 0 ? "infinity" : "-infinity";
+  if (std::isnan(value)) return "NaN";
+  char buffer[64];
+  // %.6g keeps messages short while exact for the integers and simple
+  // fractions DBAs write in configs.
+  std::snprintf(buffer, sizeof buffer, "%.6g", value);
+  return buffer;
+}
+
+namespace {
+
+std::string Quote(std::string_view text) {
+  std::string quoted = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') quoted += '\\';
+    quoted += c;
+  }
+  quoted += '"';
+  return quoted;
+}
+
+std::string LevelText(const BudgetVerdict& verdict) {
+  std::string text = "level " + FormatNumber(verdict.level);
+  if (verdict.limit == Limit::kMaxConcurrent) text += " running with this statement";
+  if (verdict.limit_value == 0) return text + " (a limit of 0 sheds all of this budget's traffic)";
+  return text + " (" + FormatNumber(std::round(verdict.level_percent)) + "% of the limit)";
+}
+
+}  // namespace
+
+Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict, bool refused) {
+  Report report;
+  const std::string limit_name(LimitName(verdict.limit));
+  report.message = std::string(context.prefix) +
+                   (refused ? " query blocked by budget " : " query would be blocked by budget ") +
+                   Quote(context.budget->name) + ": " + limit_name + " exceeded";
+
+  report.detail = "Rule " + Quote(context.rule);
+  if (!context.each_key.empty()) {
+    report.detail += " for " + std::string(context.each_key) + " = " + Quote(context.instance);
+  }
+  report.detail += ", predicted cost ";
+  report.detail += context.predicted_seconds ? FormatNumber(*context.predicted_seconds) + " s"
+                                             : std::string("unknown");
+  report.detail += ", limit " + limit_name + " = " + FormatNumber(verdict.limit_value) + ", " +
+                   LevelText(verdict) + ", mode " + std::string(ModeName(context.budget->mode));
+  if (context.budget->warning_threshold && !refused && context.budget->mode == Mode::kEnforce) {
+    report.detail +=
+        ", warning_threshold " + FormatNumber(*context.budget->warning_threshold) + "%";
+  }
+  report.detail += ".";
+
+  if (refused && verdict.limit == Limit::kMaxConcurrent && verdict.limit_value > 0) {
+    if (context.budget->queue_timeout_ms > 0) {
+      report.hint = "No slot became free within queue_timeout_ms = " +
+                    std::to_string(context.budget->queue_timeout_ms) +
+                    "; retry when fewer statements of this budget are running.";
+    } else {
+      report.hint = "Retry when fewer statements of this budget are running.";
+    }
+  }
+  return report;
+}
+
+}  // namespace tc

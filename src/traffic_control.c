@@ -1,0 +1,939 @@
+/*
+ * traffic_control.c — the PostgreSQL side of traffic_control.
+ *
+ * This file is the thin C shim: GUCs, shared memory, executor and utility
+ * hooks, and the bookkeeping that releases every concurrency slot exactly
+ * once. All decisions are made by the C++ core behind include/traffic_control/
+ * capi.h; every call into it returns false instead of throwing, and only then
+ * does this file raise a PostgreSQL error (TC_CALL below).
+ *
+ * Locking rules
+ * -------------
+ * - The bucket table (core) is protected by one LWLock of the named tranche
+ *   "traffic_control": exclusive to admit, release or reset, shared to read a
+ *   snapshot. The core takes and drops it through tc_lock_ops; it never calls
+ *   anything that can raise while holding it, and it holds it only for the
+ *   table lookups and arithmetic of one decision.
+ * - TcShared.mutex (a spinlock) protects reported_config_hash only; nothing
+ *   but a compare-and-store happens under it, and it is released before any
+ *   elog.
+ * - AddinShmemInitLock is held while the shared segment is created, as in
+ *   pg_stat_statements.
+ *
+ * Slot release
+ * ------------
+ * A statement that takes slots gets one holding token. The token is recorded
+ * here with the QueryDesc (executor) or as a utility holding, and the
+ * resource owner that was current at admission. It is released by the first
+ * of: ExecutorEnd; the release of that resource owner (ERROR, cancel,
+ * statement_timeout, subtransaction rollback, a portal dropped late); the end
+ * of the transaction (safety net for executor holdings); PG_FINALLY around a
+ * utility statement; and a before_shmem_exit callback (FATAL, terminate,
+ * disconnect). The core ignores a token that was already released, so a
+ * second attempt is harmless. A crash-restart formats the table anew.
+ */
+#include "postgres.h"
+
+#include <float.h>
+#include <sys/socket.h>
+
+#include "access/parallel.h"
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "common/hashfn.h"
+#include "executor/executor.h"
+#include "common/ip.h"
+#include "libpq/libpq-be.h"
+#include "miscadmin.h"
+#include "nodes/plannodes.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/queryjumble.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "traffic_control/capi.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/* ---- GUCs ---- */
+
+typedef enum TcTrack
+{
+	TC_TRACK_TOP,
+	TC_TRACK_ALL
+} TcTrack;
+
+static const struct config_enum_entry track_options[] = {
+	{"top", TC_TRACK_TOP, false},
+	{"all", TC_TRACK_ALL, false},
+	{NULL, 0, false}
+};
+
+static bool tc_enabled = true;
+static char *tc_rules = NULL;
+static char *tc_budgets = NULL;
+static double tc_server_cores = 0;
+static int	tc_max_buckets = 10000;
+static int	tc_max_patterns = 10000;
+static char *tc_message_prefix = NULL;
+static int	tc_track = TC_TRACK_TOP;
+static bool tc_track_utility = true;
+
+/* ---- shared state ---- */
+
+typedef struct TcShared
+{
+	LWLock	   *lock;			/* protects the bucket table */
+	ConditionVariable slot_freed;	/* broadcast when a slot is released */
+	slock_t		mutex;			/* protects reported_config_hash */
+	uint32		reported_config_hash;	/* config whose problems were logged */
+	Size		table_size;
+	/* the core's bucket table follows at TcTableAddress() */
+} TcShared;
+
+static TcShared *tc_shared = NULL;
+static bool tc_table_attached = false;
+
+/* ---- backend-local state ---- */
+
+/* Executor nesting depth, as pg_stat_statements counts it. */
+static int	nesting_level = 0;
+
+/* Set by the assign hooks; the rule set is rebuilt between statements. */
+static bool config_dirty = true;
+
+typedef struct TcHeld
+{
+	int64		token;
+	QueryDesc  *query;			/* executor holding; NULL for utility */
+	ResourceOwner owner;		/* current at admission; NULL for utility */
+} TcHeld;
+
+static TcHeld *held = NULL;
+static int	held_count = 0;
+static int	held_capacity = 0;
+static bool exit_callback_registered = false;
+
+/* Rules skipped while loading, copied here without calling PostgreSQL. */
+#define TC_MAX_REPORTED_PROBLEMS 16
+static char reported_problems[TC_MAX_REPORTED_PROBLEMS][256];
+static int	reported_problem_count = 0;
+
+/* Cached built-ins. */
+static Oid	cached_user_id = InvalidOid;
+static char cached_user_name[NAMEDATALEN];
+static char *cached_database = NULL;
+static bool remote_address_known = false;
+static char remote_address[NI_MAXHOST];
+static bool has_remote_address = false;
+
+/* ---- previous hooks ---- */
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ExecutorStart_hook_type prev_ExecutorStart = NULL;
+static ExecutorRun_hook_type prev_ExecutorRun = NULL;
+static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
+static ExecutorEnd_hook_type prev_ExecutorEnd = NULL;
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+/*
+ * The one way a core failure becomes a PostgreSQL error: the core call has
+ * returned (no C++ frame is live) before ereport runs.
+ */
+#define TC_CALL(call) \
+	do { \
+		if (!(call)) \
+			ereport(ERROR, \
+					(errcode(ERRCODE_INTERNAL_ERROR), \
+					 errmsg_internal("%s", tc_last_error()))); \
+	} while (0)
+
+/* The same for cleanup paths, where raising an ERROR would recurse. */
+#define TC_CALL_QUIET(call) \
+	do { \
+		if (!(call)) \
+			elog(WARNING, "%s", tc_last_error()); \
+	} while (0)
+
+/* ---------------------------------------------------------------------- */
+/* GUC hooks                                                              */
+/* ---------------------------------------------------------------------- */
+
+static bool
+check_json_setting(bool (*check) (const char *), char **newval, const char *name)
+{
+	if (check(*newval))
+		return true;
+	GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+	GUC_check_errmsg("invalid value for parameter \"%s\"", name);
+	GUC_check_errdetail("%s", tc_last_error());
+	return false;
+}
+
+static bool
+check_budgets(char **newval, void **extra, GucSource source)
+{
+	return check_json_setting(tc_check_budgets, newval, "traffic_control.budgets");
+}
+
+static bool
+check_rules(char **newval, void **extra, GucSource source)
+{
+	return check_json_setting(tc_check_rules, newval, "traffic_control.rules");
+}
+
+static void
+assign_config(const char *newval, void *extra)
+{
+	config_dirty = true;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Shared memory                                                          */
+/* ---------------------------------------------------------------------- */
+
+static Size
+tc_header_size(void)
+{
+	return MAXALIGN(sizeof(TcShared));
+}
+
+static Size
+tc_memsize(void)
+{
+	return add_size(tc_header_size(), tc_table_size(tc_max_buckets));
+}
+
+static void *
+tc_table_address(void)
+{
+	return (char *) tc_shared + tc_header_size();
+}
+
+static void
+tc_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(tc_memsize());
+	RequestNamedLWLockTranche("traffic_control", 1);
+}
+
+static void
+tc_shmem_startup(void)
+{
+	bool		found;
+	bool		formatted = true;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	tc_shared = NULL;
+	tc_table_attached = false;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	tc_shared = ShmemInitStruct("traffic_control", tc_memsize(), &found);
+	if (!found)
+	{
+		tc_shared->lock = &(GetNamedLWLockTranche("traffic_control"))->lock;
+		ConditionVariableInit(&tc_shared->slot_freed);
+		SpinLockInit(&tc_shared->mutex);
+		tc_shared->reported_config_hash = 0;
+		tc_shared->table_size = tc_table_size(tc_max_buckets);
+		formatted = tc_table_format(tc_table_address(), tc_shared->table_size, tc_max_buckets);
+	}
+	LWLockRelease(AddinShmemInitLock);
+
+	if (!formatted)
+		ereport(FATAL, (errmsg_internal("%s", tc_last_error())));
+}
+
+static void
+tc_lock_exclusive(void)
+{
+	LWLockAcquire(tc_shared->lock, LW_EXCLUSIVE);
+}
+
+static void
+tc_lock_shared(void)
+{
+	LWLockAcquire(tc_shared->lock, LW_SHARED);
+}
+
+static void
+tc_unlock(void)
+{
+	LWLockRelease(tc_shared->lock);
+}
+
+static const tc_lock_ops lock_ops = {tc_lock_exclusive, tc_lock_shared, tc_unlock};
+
+static void
+ensure_table_attached(void)
+{
+	if (tc_table_attached)
+		return;
+	TC_CALL(tc_table_attach(tc_table_address(), tc_shared->table_size, &lock_ops));
+	tc_table_attached = true;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Configuration                                                          */
+/* ---------------------------------------------------------------------- */
+
+static void
+collect_problem(const char *rule, const char *message)
+{
+	/* Called from inside the core: no PostgreSQL function may be used here. */
+	if (reported_problem_count >= TC_MAX_REPORTED_PROBLEMS)
+		return;
+	snprintf(reported_problems[reported_problem_count], sizeof(reported_problems[0]),
+			 "rule \"%s\": %s", rule, message);
+	reported_problem_count++;
+}
+
+/*
+ * Rebuilds the rule set when a GUC changed. Only between statements: callers
+ * check nesting_level == 0 first, so a statement never sees two rule sets.
+ */
+static void
+maybe_reload_config(void)
+{
+	uint32		config_hash;
+	bool		first_to_report;
+
+	if (!config_dirty)
+		return;
+	config_dirty = false;
+	reported_problem_count = 0;
+	if (!tc_load_config(tc_budgets, tc_rules, collect_problem))
+	{
+		ereport(WARNING,
+				(errmsg("traffic_control: keeping the previous rules: %s", tc_last_error())));
+		return;
+	}
+	if (reported_problem_count == 0)
+		return;
+
+	/* Log each distinct configuration's problems once, not once per backend. */
+	config_hash = hash_bytes((const unsigned char *) tc_budgets, strlen(tc_budgets)) ^
+		hash_bytes((const unsigned char *) tc_rules, strlen(tc_rules));
+	SpinLockAcquire(&tc_shared->mutex);
+	first_to_report = tc_shared->reported_config_hash != config_hash;
+	tc_shared->reported_config_hash = config_hash;
+	SpinLockRelease(&tc_shared->mutex);
+	if (first_to_report)
+	{
+		for (int i = 0; i < reported_problem_count; i++)
+			ereport(LOG, (errmsg("traffic_control: %s", reported_problems[i])));
+	}
+}
+
+/* ---------------------------------------------------------------------- */
+/* Holdings                                                               */
+/* ---------------------------------------------------------------------- */
+
+static void tc_before_shmem_exit(int code, Datum arg);
+
+/* Makes room for one more record before any slot is taken. */
+static void
+reserve_held_record(void)
+{
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(tc_before_shmem_exit, (Datum) 0);
+		exit_callback_registered = true;
+	}
+	if (held_count < held_capacity)
+		return;
+	if (held == NULL)
+	{
+		held_capacity = 8;
+		held = MemoryContextAlloc(TopMemoryContext, held_capacity * sizeof(TcHeld));
+	}
+	else
+	{
+		held = repalloc(held, held_capacity * 2 * sizeof(TcHeld));
+		held_capacity *= 2;
+	}
+}
+
+static void
+release_record(int index)
+{
+	int64		token = held[index].token;
+	bool		wake = false;
+
+	/* Forget the record first: whatever happens next, it is released once. */
+	held[index] = held[held_count - 1];
+	held_count--;
+	TC_CALL_QUIET(tc_release(token, &wake));
+	if (wake)
+		ConditionVariableBroadcast(&tc_shared->slot_freed);
+}
+
+static void
+release_query(QueryDesc *query)
+{
+	for (int i = held_count - 1; i >= 0; i--)
+	{
+		if (held[i].query == query)
+			release_record(i);
+	}
+}
+
+static void
+release_owner(ResourceOwner owner)
+{
+	for (int i = held_count - 1; i >= 0; i--)
+	{
+		if (held[i].owner == owner && held[i].query != NULL)
+			release_record(i);
+	}
+}
+
+static void
+release_executor_holdings(void)
+{
+	for (int i = held_count - 1; i >= 0; i--)
+	{
+		if (held[i].query != NULL)
+			release_record(i);
+	}
+}
+
+static void
+tc_resource_release(ResourceReleasePhase phase, bool isCommit, bool isTopLevel, void *arg)
+{
+	/* PostgreSQL makes the owner being released current while calling us. */
+	if (phase == RESOURCE_RELEASE_BEFORE_LOCKS && held_count > 0)
+		release_owner(CurrentResourceOwner);
+}
+
+static void
+tc_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* No executor outlives its transaction (held cursors are
+			 * materialized at commit): anything left is released here. */
+			if (held_count > 0)
+				release_executor_holdings();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+tc_before_shmem_exit(int code, Datum arg)
+{
+	bool		wake = false;
+
+	held_count = 0;
+	if (tc_shared == NULL || !tc_table_attached)
+		return;
+	TC_CALL_QUIET(tc_release_all(&wake));
+	if (wake)
+		ConditionVariableBroadcast(&tc_shared->slot_freed);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Admission                                                              */
+/* ---------------------------------------------------------------------- */
+
+static const char *
+command_name(CmdType command)
+{
+	switch (command)
+	{
+		case CMD_SELECT:
+			return "select";
+		case CMD_INSERT:
+			return "insert";
+		case CMD_UPDATE:
+			return "update";
+		case CMD_DELETE:
+			return "delete";
+		case CMD_MERGE:
+			return "merge";
+		default:
+			return "utility";
+	}
+}
+
+static int
+plan_workers(Plan *plan)
+{
+	int			workers = 0;
+	ListCell   *cell;
+	List	   *children = NIL;
+
+	if (plan == NULL)
+		return 0;
+	check_stack_depth();
+	switch (nodeTag(plan))
+	{
+		case T_Gather:
+			workers += ((Gather *) plan)->num_workers;
+			break;
+		case T_GatherMerge:
+			workers += ((GatherMerge *) plan)->num_workers;
+			break;
+		case T_Append:
+			children = ((Append *) plan)->appendplans;
+			break;
+		case T_MergeAppend:
+			children = ((MergeAppend *) plan)->mergeplans;
+			break;
+		case T_BitmapAnd:
+			children = ((BitmapAnd *) plan)->bitmapplans;
+			break;
+		case T_BitmapOr:
+			children = ((BitmapOr *) plan)->bitmapplans;
+			break;
+		case T_SubqueryScan:
+			workers += plan_workers(((SubqueryScan *) plan)->subplan);
+			break;
+		case T_CustomScan:
+			children = ((CustomScan *) plan)->custom_plans;
+			break;
+		default:
+			break;
+	}
+	foreach(cell, children)
+		workers += plan_workers((Plan *) lfirst(cell));
+	return workers + plan_workers(plan->lefttree) + plan_workers(plan->righttree);
+}
+
+/* Planned parallel workers of the whole statement (all Gather nodes). */
+static int
+statement_workers(PlannedStmt *pstmt)
+{
+	int			workers;
+	ListCell   *cell;
+
+	if (!pstmt->parallelModeNeeded)
+		return 0;
+	workers = plan_workers(pstmt->planTree);
+	foreach(cell, pstmt->subplans)
+		workers += plan_workers((Plan *) lfirst(cell));
+	return workers;
+}
+
+static void
+fill_builtins(tc_statement *statement)
+{
+	Oid			user_id = GetUserId();
+
+	if (user_id != cached_user_id)
+	{
+		char	   *name = GetUserNameFromId(user_id, true);
+
+		strlcpy(cached_user_name, name ? name : "", sizeof(cached_user_name));
+		cached_user_id = user_id;
+	}
+	statement->username = cached_user_name[0] ? cached_user_name : NULL;
+
+	if (cached_database == NULL && OidIsValid(MyDatabaseId))
+	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		if (name)
+			cached_database = MemoryContextStrdup(TopMemoryContext, name);
+	}
+	statement->database = cached_database;
+
+	if (!remote_address_known)
+	{
+		remote_address_known = true;
+		if (MyProcPort != NULL &&
+			(MyProcPort->raddr.addr.ss_family == AF_INET ||
+			 MyProcPort->raddr.addr.ss_family == AF_INET6) &&
+			pg_getnameinfo_all(&MyProcPort->raddr.addr, MyProcPort->raddr.salen,
+							   remote_address, sizeof(remote_address), NULL, 0,
+							   NI_NUMERICHOST) == 0)
+		{
+			char	   *scope = strchr(remote_address, '%');
+
+			if (scope)
+				*scope = '\0';	/* fe80::1%eth0: the zone is not part of the address */
+			has_remote_address = true;
+		}
+	}
+	statement->remote_address = has_remote_address ? remote_address : NULL;
+	statement->application_name = application_name;
+}
+
+static int64
+unix_now_us(void)
+{
+	return GetCurrentTimestamp() +
+		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY);
+}
+
+static void
+send_notices(const tc_admission *admission)
+{
+	for (int i = 0; i < admission->notice_count; i++)
+	{
+		const tc_report *notice = &admission->notices[i];
+
+		ereport(NOTICE,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg_internal("%s", notice->message),
+				 errdetail_internal("%s", notice->detail),
+				 notice->hint ? errhint("%s", notice->hint) : 0));
+	}
+}
+
+/*
+ * Decides one statement. Returns the holding token (0 when nothing is held),
+ * or raises the refusal. Waits for a slot when a budget has a queue timeout.
+ */
+static int64
+admit_statement(const char *source, int location, int length, const char *command,
+				uint64 query_id, int workers, double plan_cost)
+{
+	tc_statement statement;
+	tc_admission admission;
+	volatile TimestampTz deadline = 0;
+	volatile bool waiting = false;
+
+	memset(&statement, 0, sizeof(statement));
+	if (source != NULL)
+	{
+		if (location < 0)
+			location = 0;
+		statement.text = source + location;
+		statement.text_len = length > 0 ? (size_t) length : strlen(source + location);
+	}
+	fill_builtins(&statement);
+	statement.command = command;
+	statement.query_id = (int64) query_id;
+	statement.has_query_id = query_id != UINT64CONST(0);
+	statement.parallel_workers = workers;
+	statement.plan_cost = plan_cost;
+	statement.message_prefix = tc_message_prefix;
+
+	reserve_held_record();
+
+	PG_TRY();
+	{
+		for (;;)
+		{
+			tc_attempt	attempt = !waiting ? TC_ATTEMPT_FIRST :
+				GetCurrentTimestamp() < deadline ? TC_ATTEMPT_RETRY : TC_ATTEMPT_FINAL;
+
+			statement.wall_now_us = unix_now_us();
+			TC_CALL(tc_admit(&statement, attempt, &admission));
+			if (admission.outcome != TC_MUST_WAIT)
+				break;
+			if (!waiting)
+			{
+				/* Prepare before re-checking, so no wakeup can be missed. */
+				ConditionVariablePrepareToSleep(&tc_shared->slot_freed);
+				TC_CALL(tc_waiter_add());
+				waiting = true;
+				deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   admission.queue_timeout_ms);
+				continue;
+			}
+			{
+				long		remaining_ms =
+					TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+				if (remaining_ms > 0)
+					ConditionVariableTimedSleep(&tc_shared->slot_freed, remaining_ms,
+												PG_WAIT_EXTENSION);
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		if (waiting)
+		{
+			ConditionVariableCancelSleep();
+			TC_CALL_QUIET(tc_waiter_remove());
+		}
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	if (waiting)
+	{
+		ConditionVariableCancelSleep();
+		TC_CALL(tc_waiter_remove());
+	}
+
+	send_notices(&admission);
+	if (admission.outcome == TC_REFUSED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg_internal("%s", admission.refusal.message),
+				 errdetail_internal("%s", admission.refusal.detail),
+				 admission.refusal.hint ? errhint("%s", admission.refusal.hint) : 0));
+	return admission.holding;
+}
+
+/* Is this backend, at this depth, one that admits statements at all? */
+static bool
+admission_active(void)
+{
+	if (!tc_enabled || tc_shared == NULL || IsParallelWorker())
+		return false;
+	if (tc_track == TC_TRACK_TOP && nesting_level > 0)
+		return false;
+	if (nesting_level == 0)
+		maybe_reload_config();
+	if (tc_config_empty())
+		return false;
+	ensure_table_attached();
+	return true;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Hooks                                                                  */
+/* ---------------------------------------------------------------------- */
+
+static void
+tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
+{
+	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0 && admission_active())
+	{
+		PlannedStmt *pstmt = queryDesc->plannedstmt;
+		int64		token;
+
+		token = admit_statement(queryDesc->sourceText, pstmt->stmt_location, pstmt->stmt_len,
+								command_name(pstmt->commandType), pstmt->queryId,
+								statement_workers(pstmt),
+								pstmt->planTree ? pstmt->planTree->total_cost : -1);
+		if (token != 0)
+		{
+			held[held_count].token = token;
+			held[held_count].query = queryDesc;
+			held[held_count].owner = CurrentResourceOwner;
+			held_count++;
+		}
+	}
+
+	if (prev_ExecutorStart)
+		prev_ExecutorStart(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
+static void
+tc_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+{
+	nesting_level++;
+	PG_TRY();
+	{
+		if (prev_ExecutorRun)
+			prev_ExecutorRun(queryDesc, direction, count, execute_once);
+		else
+			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+	}
+	PG_FINALLY();
+	{
+		nesting_level--;
+	}
+	PG_END_TRY();
+}
+
+static void
+tc_ExecutorFinish(QueryDesc *queryDesc)
+{
+	nesting_level++;
+	PG_TRY();
+	{
+		if (prev_ExecutorFinish)
+			prev_ExecutorFinish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		nesting_level--;
+	}
+	PG_END_TRY();
+}
+
+static void
+tc_ExecutorEnd(QueryDesc *queryDesc)
+{
+	if (held_count > 0)
+		release_query(queryDesc);
+
+	if (prev_ExecutorEnd)
+		prev_ExecutorEnd(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
+}
+
+/*
+ * Utility statements whose cost is an inner query that the executor admits
+ * on its own (EXECUTE, DECLARE CURSOR, EXPLAIN ANALYZE, CREATE TABLE AS), or
+ * that must never be refused (transaction control, session settings).
+ * They are not admitted themselves and do not count as a nesting level, so
+ * their inner query is admitted as a top-level statement.
+ */
+static bool
+is_pass_through_utility(Node *statement)
+{
+	switch (nodeTag(statement))
+	{
+		case T_TransactionStmt:
+		case T_PrepareStmt:
+		case T_ExecuteStmt:
+		case T_DeallocateStmt:
+		case T_DeclareCursorStmt:
+		case T_FetchStmt:
+		case T_ClosePortalStmt:
+		case T_ExplainStmt:
+		case T_CreateTableAsStmt:
+		case T_VariableSetStmt:
+		case T_VariableShowStmt:
+		case T_DiscardStmt:
+			return true;
+		default:
+			return false;
+	}
+}
+
+static void
+tc_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				  ProcessUtilityContext context, ParamListInfo params,
+				  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *statement = pstmt->utilityStmt;
+	volatile int64 token = 0;
+
+	if (is_pass_through_utility(statement))
+	{
+		if (prev_ProcessUtility)
+			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+								dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+									queryEnv, dest, qc);
+		return;
+	}
+
+	if (tc_track_utility && admission_active())
+		token = admit_statement(queryString, pstmt->stmt_location, pstmt->stmt_len, "utility",
+								pstmt->queryId, 0, -1);
+
+	nesting_level++;
+	PG_TRY();
+	{
+		if (prev_ProcessUtility)
+			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+								dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+									queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		nesting_level--;
+		if (token != 0)
+		{
+			bool		wake = false;
+
+			TC_CALL_QUIET(tc_release(token, &wake));
+			if (wake)
+				ConditionVariableBroadcast(&tc_shared->slot_freed);
+		}
+	}
+	PG_END_TRY();
+}
+
+/* ---------------------------------------------------------------------- */
+/* Module load                                                            */
+/* ---------------------------------------------------------------------- */
+
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("traffic_control must be loaded via shared_preload_libraries"),
+				 errhint("Add traffic_control to shared_preload_libraries in postgresql.conf "
+						 "and restart the server.")));
+
+	DefineCustomBoolVariable("traffic_control.enabled",
+							 "Master switch: admit statements against budgets.",
+							 "A superuser may turn it off for one session.",
+							 &tc_enabled, true, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("traffic_control.rules",
+							   "Rules (JSON array) sorting statements into budgets.",
+							   NULL, &tc_rules, "[]", PGC_SIGHUP, 0,
+							   check_rules, assign_config, NULL);
+	DefineCustomStringVariable("traffic_control.budgets",
+							   "Budgets (JSON array): limits for the traffic rules put in them.",
+							   NULL, &tc_budgets, "[]", PGC_SIGHUP, 0,
+							   check_budgets, assign_config, NULL);
+	DefineCustomRealVariable("traffic_control.server_cores",
+							 "CPU-seconds per second that make a full server (0 = online CPUs).",
+							 NULL, &tc_server_cores, 0, 0, 1000000, PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("traffic_control.max_buckets",
+							"Shared-memory slots for budget instances (budgets x each values).",
+							NULL, &tc_max_buckets, 10000, 16, 10000000, PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("traffic_control.max_patterns",
+							"Shared-memory slots for query patterns of the cost estimator.",
+							NULL, &tc_max_patterns, 10000, 16, 10000000, PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("traffic_control.message_prefix",
+							   "Prefix of every notice and error traffic_control sends.",
+							   NULL, &tc_message_prefix, "[PGINSIGHTS] Traffic Control:",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("traffic_control.track",
+							 "Admit only top-level statements (top) or nested ones too (all).",
+							 NULL, &tc_track, TC_TRACK_TOP, track_options, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("traffic_control.track_utility",
+							 "Admit utility statements (DDL, COPY, VACUUM, CALL, DO ...).",
+							 NULL, &tc_track_utility, true, PGC_SUSET, 0, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("traffic_control");
+
+	/* query_id is a built-in metadata key. */
+	EnableQueryId();
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = tc_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = tc_shmem_startup;
+	prev_ExecutorStart = ExecutorStart_hook;
+	ExecutorStart_hook = tc_ExecutorStart;
+	prev_ExecutorRun = ExecutorRun_hook;
+	ExecutorRun_hook = tc_ExecutorRun;
+	prev_ExecutorFinish = ExecutorFinish_hook;
+	ExecutorFinish_hook = tc_ExecutorFinish;
+	prev_ExecutorEnd = ExecutorEnd_hook;
+	ExecutorEnd_hook = tc_ExecutorEnd;
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = tc_ProcessUtility;
+
+	RegisterResourceReleaseCallback(tc_resource_release, NULL);
+	RegisterXactCallback(tc_xact_callback, NULL);
+}

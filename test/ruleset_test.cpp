@@ -1,0 +1,441 @@
+#include "traffic_control/ruleset.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace tc {
+namespace {
+
+Budget MakeBudget(std::string name, Mode mode = Mode::kEnforce) {
+  Budget budget;
+  budget.name = std::move(name);
+  budget.mode = mode;
+  return budget;
+}
+
+Rule MakeRule(std::string name, std::string budget, std::vector<Condition> match,
+              std::optional<std::string> each = std::nullopt) {
+  Rule rule;
+  rule.name = std::move(name);
+  rule.budget = std::move(budget);
+  rule.match = std::move(match);
+  rule.each = std::move(each);
+  return rule;
+}
+
+// Built-in keys are set as the server would; everything else arrives as tags.
+Metadata MakeMetadata(std::initializer_list<std::pair<std::string, std::string>> items) {
+  Metadata metadata;
+  std::vector<Tag> tags;
+  for (const auto& [key, value] : items) {
+    if (IsBuiltinKey(key)) {
+      metadata.SetBuiltin(key, value);
+    } else {
+      tags.push_back({key, value});
+    }
+  }
+  metadata.AddTags(tags);
+  return metadata;
+}
+
+RuleSet MakeRuleSet(std::vector<Budget> budgets, std::vector<Rule> rules) {
+  std::vector<RuleProblem> problems;
+  RuleSet rule_set(std::move(budgets), std::move(rules), &problems);
+  EXPECT_TRUE(problems.empty()) << problems.front().message;
+  return rule_set;
+}
+
+// Matches as "budget[instance]:rule" strings, in output order.
+std::vector<std::string> Matches(const RuleSet& rule_set, const Metadata& metadata) {
+  std::vector<BudgetMatch> matches;
+  rule_set.Match(metadata, &matches);
+  std::vector<std::string> described;
+  for (const BudgetMatch& match : matches) {
+    std::string text = rule_set.budgets().at(match.budget_index).name;
+    if (match.has_instance) text += "[" + match.instance + "]";
+    text += ":" + rule_set.rules().at(match.rule_index).name;
+    described.push_back(text);
+    // Match and RuleMatches must agree.
+    EXPECT_TRUE(rule_set.RuleMatches(match.rule_index, metadata)) << text;
+  }
+  return described;
+}
+
+using Strings = std::vector<std::string>;
+
+TEST(RuleSet, DefaultIsEmptyAndMatchesNothing) {
+  const RuleSet rule_set;
+  EXPECT_TRUE(rule_set.empty());
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "x"}})), Strings{});
+  EXPECT_FALSE(rule_set.RuleMatches(0, MakeMetadata({})));
+}
+
+TEST(RuleSet, SingleKeyMatches) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("export")}, {MakeRule("r", "export", {{"route", {"/api/export"}}})});
+  EXPECT_FALSE(rule_set.empty());
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/api/export"}})), Strings{"export:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/api/other"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "/api/export"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({})), Strings{});
+}
+
+TEST(RuleSet, KeysAreCaseSensitiveAndValuesExact) {
+  const RuleSet rule_set = MakeRuleSet({MakeBudget("b")}, {MakeRule("r", "b", {{"app", {"web"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"App", "web"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "Web"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web "}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", std::string("web\0x", 5)}})), Strings{});
+}
+
+TEST(RuleSet, ValueListIsAnyOf) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("b")}, {MakeRule("r", "b", {{"tier", {"free", "trial"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"tier", "free"}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"tier", "trial"}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"tier", "paid"}})), Strings{});
+}
+
+TEST(RuleSet, ConditionsAreAllRequired) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("b")},
+      {MakeRule("r", "b",
+                {{"route", {"/api/export"}}, {"tier", {"free", "trial"}}, {"username", {"app"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/api/export"},
+                                            {"tier", "trial"},
+                                            {"username", "app"},
+                                            {"extra", "ignored"}})),
+            Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/api/export"}, {"tier", "trial"}})),
+            Strings{});
+  EXPECT_EQ(
+      Matches(rule_set,
+              MakeMetadata({{"route", "/api/export"}, {"tier", "paid"}, {"username", "app"}})),
+      Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"tier", "free"}, {"username", "app"}})), Strings{});
+}
+
+TEST(RuleSet, EmptyMatchMatchesEveryStatement) {
+  const RuleSet rule_set = MakeRuleSet({MakeBudget("all")}, {MakeRule("r", "all", {})});
+  EXPECT_FALSE(rule_set.empty());
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({})), Strings{"all:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "x"}, {"remote_address", "10.0.0.1"}})),
+            Strings{"all:r"});
+}
+
+TEST(RuleSet, SeveralRulesForOneBudgetReportTheFirstInConfigOrder) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("b")},
+                  {MakeRule("by-route", "b", {{"route", {"/x"}}}),
+                   MakeRule("by-app", "b", {{"app", {"web"}}}), MakeRule("everything", "b", {})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"route", "/x"}})),
+            Strings{"b:by-route"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{"b:by-app"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "cli"}})), Strings{"b:everything"});
+}
+
+TEST(RuleSet, StatementMatchesSeveralBudgetsInBudgetOrder) {
+  // Rules are listed in the opposite order of their budgets.
+  const RuleSet rule_set = MakeRuleSet({MakeBudget("first"), MakeBudget("second")},
+                                       {MakeRule("to-second", "second", {{"app", {"web"}}}),
+                                        MakeRule("to-first", "first", {{"route", {"/x"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"route", "/x"}})),
+            (Strings{"first:to-first", "second:to-second"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{"second:to-second"});
+}
+
+TEST(RuleSet, UnknownBudgetIsReportedAndSkipped) {
+  std::vector<RuleProblem> problems;
+  const RuleSet rule_set({MakeBudget("known")},
+                         {MakeRule("lost", "missing", {{"app", {"web"}}}),
+                          MakeRule("kept", "known", {{"app", {"web"}}})},
+                         &problems);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].rule, "lost");
+  EXPECT_EQ(problems[0].message, "budget \"missing\" does not exist; rule skipped");
+  ASSERT_EQ(rule_set.rules().size(), 2u);  // still listed, for rule_status
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{"known:kept"});
+  EXPECT_FALSE(rule_set.RuleMatches(0, MakeMetadata({{"app", "web"}})));
+  EXPECT_TRUE(rule_set.RuleMatches(1, MakeMetadata({{"app", "web"}})));
+}
+
+TEST(RuleSet, OnlySkippedRulesMeansEmpty) {
+  std::vector<RuleProblem> problems;
+  const RuleSet rule_set({}, {MakeRule("lost", "missing", {})}, &problems);
+  EXPECT_EQ(problems.size(), 1u);
+  EXPECT_TRUE(rule_set.empty());
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({})), Strings{});
+}
+
+TEST(RuleSet, OffBudgetNeverMatchesAndIsNoProblem) {
+  std::vector<RuleProblem> problems;
+  const RuleSet rule_set(
+      {MakeBudget("off", Mode::kOff), MakeBudget("warn", Mode::kWarn)},
+      {MakeRule("r-off", "off", {}), MakeRule("r-off-app", "off", {{"app", {"web"}}})}, &problems);
+  EXPECT_TRUE(problems.empty());
+  EXPECT_TRUE(rule_set.empty());
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{});
+  EXPECT_FALSE(rule_set.RuleMatches(0, MakeMetadata({})));
+
+  const RuleSet mixed =
+      MakeRuleSet({MakeBudget("off", Mode::kOff), MakeBudget("warn", Mode::kWarn)},
+                  {MakeRule("r-off", "off", {{"app", {"web"}}}),
+                   MakeRule("r-warn", "warn", {{"app", {"web"}}})});
+  EXPECT_FALSE(mixed.empty());
+  EXPECT_EQ(Matches(mixed, MakeMetadata({{"app", "web"}})), Strings{"warn:r-warn"});
+}
+
+TEST(RuleSet, EachGivesOneInstancePerValue) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("tenant-share")},
+      {MakeRule("per-tenant", "tenant-share", {{"app", {"web"}}}, std::string("tenant"))});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "acme"}})),
+            Strings{"tenant-share[acme]:per-tenant"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "globex"}})),
+            Strings{"tenant-share[globex]:per-tenant"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", ""}})),
+            Strings{"tenant-share[]:per-tenant"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "cli"}, {"tenant", "acme"}})), Strings{});
+  EXPECT_FALSE(rule_set.RuleMatches(0, MakeMetadata({{"app", "web"}})));
+}
+
+TEST(RuleSet, EachOnEmptyMatchAndOnBuiltinKey) {
+  const RuleSet rule_set = MakeRuleSet({MakeBudget("per-user")},
+                                       {MakeRule("r", "per-user", {}, std::string("username"))});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"username", "alice"}})), Strings{"per-user[alice]:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "x"}})), Strings{});
+}
+
+TEST(RuleSet, InstancesAndPlainMatchOfOneBudgetAreDistinct) {
+  // (budget, no instance) and (budget, "acme") are different buckets; two
+  // `each` keys giving the same value name the same bucket, reported once.
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("b")}, {MakeRule("by-user", "b", {}, std::string("username")),
+                                      MakeRule("plain", "b", {{"app", {"web"}}}),
+                                      MakeRule("by-tenant", "b", {}, std::string("tenant"))});
+  EXPECT_EQ(
+      Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "acme"}, {"username", "acme"}})),
+      (Strings{"b:plain", "b[acme]:by-user"}));
+  EXPECT_EQ(
+      Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "zeta"}, {"username", "acme"}})),
+      (Strings{"b:plain", "b[acme]:by-user", "b[zeta]:by-tenant"}));
+}
+
+TEST(RuleSet, OutputIsSortedDeduplicatedAndAppended) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("a"), MakeBudget("b"), MakeBudget("c")},
+      {MakeRule("c1", "c", {{"app", {"web"}}}),
+       MakeRule("b-tenant", "b", {}, std::string("tenant")),
+       MakeRule("b-user", "b", {}, std::string("username")),
+       MakeRule("a1", "a", {{"app", {"web"}}}), MakeRule("c2", "c", {}), MakeRule("a2", "a", {})});
+  std::vector<BudgetMatch> out(1);
+  out[0].budget_index = 99;  // an earlier entry stays untouched
+  rule_set.Match(MakeMetadata({{"app", "web"}, {"tenant", "zeta"}, {"username", "alice"}}), &out);
+  ASSERT_EQ(out.size(), 5u);
+  EXPECT_EQ(out[0].budget_index, 99u);
+  const std::vector<std::tuple<std::uint32_t, bool, std::string, std::uint32_t>> expected = {
+      {0, false, "", 3}, {1, true, "alice", 2}, {1, true, "zeta", 1}, {2, false, "", 0}};
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    const BudgetMatch& match = out[i + 1];
+    EXPECT_EQ(std::tie(match.budget_index, match.has_instance, match.instance, match.rule_index),
+              expected[i])
+        << "entry " << i;
+  }
+}
+
+TEST(RuleSet, CidrV4ByPrefixLength) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("any"), MakeBudget("ten"), MakeBudget("office"), MakeBudget("desk"),
+                   MakeBudget("host")},
+                  {MakeRule("r-any", "any", {{"remote_address", {"0.0.0.0/0"}}}),
+                   MakeRule("r-ten", "ten", {{"remote_address", {"10.0.0.0/8"}}}),
+                   MakeRule("r-office", "office", {{"remote_address", {"10.1.0.0/16"}}}),
+                   MakeRule("r-desk", "desk", {{"remote_address", {"10.1.2.0/24"}}}),
+                   MakeRule("r-host", "host", {{"remote_address", {"10.1.2.3/32"}}})});
+  // Both the longest and the shortest prefixes match, each its own budget.
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.1.2.3"}})),
+            (Strings{"any:r-any", "ten:r-ten", "office:r-office", "desk:r-desk", "host:r-host"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.1.2.4"}})),
+            (Strings{"any:r-any", "ten:r-ten", "office:r-office", "desk:r-desk"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.1.3.3"}})),
+            (Strings{"any:r-any", "ten:r-ten", "office:r-office"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.2.0.1"}})),
+            (Strings{"any:r-any", "ten:r-ten"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "192.168.0.1"}})),
+            Strings{"any:r-any"});
+  // An IPv4-mapped IPv6 address is compared as the IPv4 address.
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "::ffff:10.1.2.3"}})).size(), 5u);
+  // IPv6 never matches an IPv4 network, not even 0.0.0.0/0.
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "::1"}})), Strings{});
+}
+
+TEST(RuleSet, CidrV6ByPrefixLength) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("any6"), MakeBudget("doc"), MakeBudget("site"), MakeBudget("host")},
+                  {MakeRule("r-any6", "any6", {{"remote_address", {"::/0"}}}),
+                   MakeRule("r-doc", "doc", {{"remote_address", {"2001:db8::/32"}}}),
+                   MakeRule("r-site", "site", {{"remote_address", {"2001:db8:1::/48"}}}),
+                   MakeRule("r-host", "host", {{"remote_address", {"2001:db8:1::5/128"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "2001:db8:1::5"}})),
+            (Strings{"any6:r-any6", "doc:r-doc", "site:r-site", "host:r-host"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "2001:db8:2::5"}})),
+            (Strings{"any6:r-any6", "doc:r-doc"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "fe80::1"}})),
+            Strings{"any6:r-any6"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.1.2.3"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "::ffff:10.1.2.3"}})), Strings{});
+}
+
+TEST(RuleSet, CidrConditionWithSeveralPrefixes) {
+  // One rule lists networks of different lengths; an address inside two of
+  // them still yields one match.
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("office")},
+      {MakeRule(
+          "r", "office",
+          {{"remote_address",
+            {"10.0.0.0/8", "10.1.0.0/16", "192.168.7.0/24", "2001:db8::/32", "10.0.0.0/8"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.1.2.3"}})), Strings{"office:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "192.168.7.200"}})),
+            Strings{"office:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "2001:db8::1"}})),
+            Strings{"office:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "192.168.8.1"}})), Strings{});
+}
+
+TEST(RuleSet, RemoteAddressThatDoesNotParseMatchesNoNetwork) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("any"), MakeBudget("web")},
+                  {MakeRule("r-any", "any", {{"remote_address", {"0.0.0.0/0", "::/0"}}}),
+                   MakeRule("r-web", "web", {{"app", {"web"}}})});
+  for (const char* address : {"", "[local]", "10.1.2", "10.1.2.3/16", "host.example"}) {
+    EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", address}, {"app", "web"}})),
+              Strings{"web:r-web"})
+        << address;
+  }
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{"web:r-web"});
+}
+
+TEST(RuleSet, RemoteAddressValueThatIsANetwork) {
+  // A network lies inside shorter networks only.
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("wide"), MakeBudget("narrow")},
+                  {MakeRule("r-wide", "wide", {{"remote_address", {"10.0.0.0/8"}}}),
+                   MakeRule("r-narrow", "narrow", {{"remote_address", {"10.1.2.0/24"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.1.0.0/16"}})),
+            Strings{"wide:r-wide"});
+}
+
+TEST(RuleSet, RemoteAddressCombinedWithAnotherKey) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("office-web")},
+      {MakeRule("r", "office-web", {{"remote_address", {"10.1.0.0/16"}}, {"app", {"web"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.1.9.9"}, {"app", "web"}})),
+            Strings{"office-web:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.2.9.9"}, {"app", "web"}})),
+            Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.1.9.9"}, {"app", "cli"}})),
+            Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{});
+}
+
+TEST(RuleSet, RemoteAddressAnchorWhenOtherKeysAreCommon) {
+  // Every rule shares app=web, so the networks are the selective anchor; the
+  // app condition must still be verified.
+  std::vector<Budget> budgets;
+  std::vector<Rule> rules;
+  for (int i = 0; i < 50; ++i) {
+    budgets.push_back(MakeBudget("net" + std::to_string(i)));
+    rules.push_back(
+        MakeRule("r" + std::to_string(i), budgets.back().name,
+                 {{"app", {"web"}}, {"remote_address", {"10." + std::to_string(i) + ".0.0/16"}}}));
+  }
+  const RuleSet rule_set = MakeRuleSet(std::move(budgets), std::move(rules));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.7.1.1"}, {"app", "web"}})),
+            Strings{"net7:r7"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.7.1.1"}, {"app", "cli"}})),
+            Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.99.1.1"}, {"app", "web"}})),
+            Strings{});
+}
+
+TEST(RuleSet, RemoteAddressRuleValueThatDoesNotParseIsReported) {
+  // The config parser rejects this; the rule set still never misbehaves.
+  std::vector<RuleProblem> problems;
+  const RuleSet rule_set({MakeBudget("b")},
+                         {MakeRule("bad", "b", {{"remote_address", {"office"}}}),
+                          MakeRule("half", "b", {{"remote_address", {"office", "10.0.0.0/8"}}})},
+                         &problems);
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_EQ(problems[0].rule, "bad");
+  EXPECT_EQ(problems[0].message,
+            "remote_address \"office\" is not an address or CIDR; value ignored");
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.0.0.1"}})), Strings{"b:half"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "office"}})), Strings{});
+}
+
+TEST(RuleSet, RuleMatchesChecksOneRule) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("b")}, {MakeRule("r0", "b", {{"app", {"web"}}}),
+                                      MakeRule("r1", "b", {{"remote_address", {"10.0.0.0/8"}}})});
+  const Metadata metadata = MakeMetadata({{"app", "web"}, {"remote_address", "10.0.0.1"}});
+  EXPECT_TRUE(rule_set.RuleMatches(0, metadata));
+  EXPECT_TRUE(rule_set.RuleMatches(1, metadata));  // Match() reports only r0 for budget b
+  EXPECT_FALSE(rule_set.RuleMatches(0, MakeMetadata({{"app", "cli"}})));
+  EXPECT_FALSE(rule_set.RuleMatches(1, MakeMetadata({{"remote_address", "11.0.0.1"}})));
+  EXPECT_FALSE(rule_set.RuleMatches(2, metadata));
+}
+
+TEST(RuleSet, CopiesShareTheCompiledIndex) {
+  RuleSet copy;
+  {
+    const RuleSet original =
+        MakeRuleSet({MakeBudget("b")}, {MakeRule("r", "b", {{"app", {"web"}}})});
+    copy = original;
+  }
+  EXPECT_EQ(Matches(copy, MakeMetadata({{"app", "web"}})), Strings{"b:r"});
+}
+
+TEST(RuleSet, ThousandRulesStatementMatchesExactlyOne) {
+  // Every rule shares app=web and differs in its tenant, plus a few network
+  // rules: the index must find the one rule, and nothing else.
+  std::vector<Budget> budgets;
+  std::vector<Rule> rules;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string n = std::to_string(i);
+    budgets.push_back(MakeBudget("budget" + n));
+    if (i % 100 == 99) {
+      rules.push_back(
+          MakeRule("rule" + n, "budget" + n,
+                   {{"remote_address", {"172.16." + std::to_string(i / 100) + ".0/24"}}}));
+    } else {
+      rules.push_back(MakeRule("rule" + n, "budget" + n,
+                               {{"app", {"web"}}, {"tenant", {"t" + n, "alias" + n}}}));
+    }
+  }
+  const RuleSet rule_set = MakeRuleSet(std::move(budgets), std::move(rules));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"},
+                                            {"tenant", "t500"},
+                                            {"remote_address", "192.168.1.1"},
+                                            {"username", "app"}})),
+            Strings{"budget500:rule500"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "alias998"}})),
+            Strings{"budget998:rule998"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "172.16.3.4"}})),
+            Strings{"budget399:rule399"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "cli"}, {"tenant", "t500"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "t99"}})), Strings{});
+}
+
+}  // namespace
+}  // namespace tc

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The test command (README): installs the Debian packages it needs, builds the
+# core and the extension, and runs every suite: GoogleTest (ctest), pg_regress
+# and isolation specs on a throwaway cluster with the library preloaded, the
+# TAP tests (terminate, disconnect, crash-restart) and the client-driver tests.
+# Run it as root on a fresh Debian 12 machine, or as a user who can already
+# build and who owns a writable PostgreSQL install.
+set -euo pipefail
+source "$(dirname "$0")/scripts/lib.sh"
+cd "$TC_ROOT"
+
+tc_install_dependencies
+
+PASSED=0
+FAILED=0
+FAILED_SUITES=()
+record() {  # record SUITE PASSED FAILED
+  PASSED=$((PASSED + $2))
+  FAILED=$((FAILED + $3))
+  if [ "$3" -ne 0 ]; then FAILED_SUITES+=("$1"); fi
+  echo "$1: $2 passed, $3 failed"
+}
+
+WORK="$(mktemp -d /tmp/tc_test.XXXXXX)"
+chmod 755 "$WORK"
+cleanup() { tc_stop_cluster "$WORK/cluster"; }
+trap cleanup EXIT
+
+# ---- GoogleTest ----------------------------------------------------------
+tc_log "GoogleTest: building the core with CMake"
+cmake -S . -B build/core -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/core -j2 >/dev/null
+set +e
+(cd build/core && ctest -j2 --output-on-failure) | tee "$WORK/ctest.log" | tail -n 25
+set -e
+ctest_total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$WORK/ctest.log")
+ctest_failed=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$WORK/ctest.log")
+record "GoogleTest" "$(( ${ctest_total:-0} - ${ctest_failed:-0} ))" "${ctest_failed:-1}"
+
+# ---- the extension, a cluster --------------------------------------------
+tc_build_and_install
+tc_log "starting a throwaway cluster in $WORK/cluster"
+tc_start_cluster "$WORK/cluster" "$TC_ROOT/regress/test.conf"
+
+PGXS_SRC="$(dirname "$(pg_config --pgxs)")/.."
+
+# Count pg_regress-style results ("ok"/"FAILED" lines) from a log.
+count_results() {  # count_results SUITE LOG
+  local ok failed
+  ok=$(grep -cE '\.\.\. ok( |$)' "$2" || true)
+  failed=$(grep -cE '\.\.\. FAILED|\.\.\. failed' "$2" || true)
+  record "$1" "$ok" "$failed"
+}
+
+tc_log "pg_regress"
+mkdir -p "$WORK/regress"
+set +e
+"$PGXS_SRC/test/regress/pg_regress" --bindir="$PG_BINDIR" --inputdir=regress \
+  --outputdir="$WORK/regress" --schedule=regress/schedule --dbname=contrib_regression \
+  --host="$PGHOST" --port="$PGPORT" --user=postgres >"$WORK/regress.log" 2>&1
+regress_status=$?
+set -e
+cat "$WORK/regress.log"
+count_results "pg_regress" "$WORK/regress.log"
+if [ $regress_status -ne 0 ] && [ -f "$WORK/regress/regression.diffs" ]; then
+  cat "$WORK/regress/regression.diffs"
+fi
+
+tc_log "isolation"
+mkdir -p "$WORK/isolation"
+set +e
+"$PGXS_SRC/test/isolation/pg_isolation_regress" --bindir="$PG_BINDIR" --inputdir=regress \
+  --outputdir="$WORK/isolation" --schedule=regress/isolation_schedule \
+  --dbname=isolation_regression --host="$PGHOST" --port="$PGPORT" --user=postgres \
+  >"$WORK/isolation.log" 2>&1
+isolation_status=$?
+set -e
+cat "$WORK/isolation.log"
+count_results "isolation" "$WORK/isolation.log"
+if [ $isolation_status -ne 0 ] && [ -f "$WORK/isolation/regression.diffs" ]; then
+  cat "$WORK/isolation/regression.diffs"
+fi
+
+if [ $regress_status -ne 0 ] || [ $isolation_status -ne 0 ]; then
+  tc_log "server log (last 60 lines)"
+  tail -n 60 "$WORK/cluster/server.log" || true
+fi
+tc_stop_cluster "$WORK/cluster"
+
+# ---- TAP: error paths that end a backend or the server -------------------
+if ls regress/t/*.pl >/dev/null 2>&1; then
+  tc_log "TAP tests (prove)"
+  cp -r regress/t "$WORK/tap"
+  chown -R postgres:postgres "$WORK/tap" 2>/dev/null || true
+  set +e
+  (cd "$WORK/tap" && tc_as_postgres env PATH="$PG_BINDIR:$PATH" \
+    PERL5LIB="$PGXS_SRC/test/perl" PG_REGRESS="$PGXS_SRC/test/regress/pg_regress" \
+    TESTDIR="$WORK/tap" TESTDATADIR="$WORK/tap/tmp_check" TESTLOGDIR="$WORK/tap/tmp_check/log" \
+    prove -v .) 2>&1 | tee "$WORK/tap.log"
+  set -e
+  tap_failed=$(grep -cE '^not ok' "$WORK/tap.log" || true)
+  tap_ok=$(grep -cE '^ok ' "$WORK/tap.log" || true)
+  if ! grep -q '^Result: PASS' "$WORK/tap.log"; then tap_failed=$((tap_failed + 1)); fi
+  record "TAP" "$tap_ok" "$tap_failed"
+fi
+
+tc_log "summary"
+if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then
+  echo "failing suites: ${FAILED_SUITES[*]}"
+fi
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]

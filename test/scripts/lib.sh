@@ -1,0 +1,80 @@
+# Shared by the test and demo scripts: dependencies, build, throwaway clusters.
+# Source it; it defines functions only.
+
+TC_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PG_BINDIR="$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)"
+
+tc_log() { printf '\n==> %s\n' "$*"; }
+
+# Installs the Debian packages the build and the tests need, when missing.
+tc_install_dependencies() {
+  local packages=(g++ make cmake pkg-config postgresql-15 postgresql-server-dev-15
+    postgresql-contrib-15 nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev
+    libbenchmark-dev libkrb5-dev libipc-run-perl "$@")
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    tc_log "installing Debian packages: ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "need root to apt-get install ${missing[*]}" >&2
+      return 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  PG_BINDIR="$(pg_config --bindir)"
+}
+
+# Builds and installs the extension into the PostgreSQL pg_config names.
+tc_build_and_install() {
+  tc_log "building and installing the extension (PGXS)"
+  make -C "$TC_ROOT" -f Makefile.pgxs -j2 with_llvm=no >/dev/null
+  make -C "$TC_ROOT" -f Makefile.pgxs with_llvm=no install >/dev/null
+}
+
+# Runs a command as the postgres OS user when we are root (initdb refuses root).
+tc_as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+tc_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# tc_start_cluster DIR [extra config file]: initdb + start with the library
+# preloaded; sets PGHOST, PGPORT, PGUSER, TC_DATA.
+tc_start_cluster() {
+  local dir="$1" extra_conf="${2:-}"
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$dir"; fi
+  TC_DATA="$dir/data"
+  tc_as_postgres "$PG_BINDIR/initdb" -D "$TC_DATA" -U postgres --auth=trust >"$dir/initdb.log" 2>&1
+  PGPORT="$(tc_free_port)"
+  {
+    echo "port = $PGPORT"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$dir'"
+    echo "shared_preload_libraries = 'traffic_control'"
+    echo "max_connections = 60"
+    echo "fsync = off"
+    echo "log_min_messages = info"
+    echo "logging_collector = off"
+    if [ -n "$extra_conf" ]; then cat "$extra_conf"; fi
+  } >>"$TC_DATA/postgresql.conf"
+  tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$TC_DATA" -l "$dir/server.log" -w -t 60 start >/dev/null
+  export PGHOST="$dir" PGPORT PGUSER=postgres TC_DATA
+}
+
+tc_stop_cluster() {
+  local dir="$1"
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+}
