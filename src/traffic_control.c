@@ -35,6 +35,8 @@
 #include "postgres.h"
 
 #include <float.h>
+#include <time.h>
+#include <unistd.h>
 #include <sys/socket.h>
 
 #include "access/parallel.h"
@@ -93,16 +95,17 @@ static bool tc_track_utility = true;
 
 typedef struct TcShared
 {
-	LWLock	   *lock;			/* protects the bucket table */
+	LWLock	   *bucket_lock;	/* protects the bucket table */
+	LWLock	   *pattern_lock;	/* protects the estimator's pattern table */
 	ConditionVariable slot_freed;	/* broadcast when a slot is released */
 	slock_t		mutex;			/* protects reported_config_hash */
 	uint32		reported_config_hash;	/* config whose problems were logged */
-	Size		table_size;
-	/* the core's bucket table follows at TcTableAddress() */
+	Size		core_size;
+	/* the core's tables follow at tc_core_address() */
 } TcShared;
 
 static TcShared *tc_shared = NULL;
-static bool tc_table_attached = false;
+static bool tc_core_attached = false;
 
 /* ---- backend-local state ---- */
 
@@ -117,12 +120,15 @@ typedef struct TcHeld
 	int64		token;
 	QueryDesc  *query;			/* executor holding; NULL for utility */
 	ResourceOwner owner;		/* current at admission; NULL for utility */
+	double		cpu_start;		/* process CPU seconds at admission; <0: not measured */
+	bool		ran_whole;		/* executed with no row limit: the estimator may learn */
 } TcHeld;
 
 static TcHeld *held = NULL;
 static int	held_count = 0;
 static int	held_capacity = 0;
 static bool exit_callback_registered = false;
+static bool waiter_registered = false;	/* counted in the table's waiters */
 
 /* Rules skipped while loading, copied here without calling PostgreSQL. */
 #define TC_MAX_REPORTED_PROBLEMS 16
@@ -212,11 +218,11 @@ tc_header_size(void)
 static Size
 tc_memsize(void)
 {
-	return add_size(tc_header_size(), tc_table_size(tc_max_buckets));
+	return add_size(tc_header_size(), tc_shared_size(tc_max_buckets, tc_max_patterns));
 }
 
 static void *
-tc_table_address(void)
+tc_core_address(void)
 {
 	return (char *) tc_shared + tc_header_size();
 }
@@ -227,7 +233,7 @@ tc_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(tc_memsize());
-	RequestNamedLWLockTranche("traffic_control", 1);
+	RequestNamedLWLockTranche("traffic_control", 2);
 }
 
 static void
@@ -240,18 +246,22 @@ tc_shmem_startup(void)
 		prev_shmem_startup_hook();
 
 	tc_shared = NULL;
-	tc_table_attached = false;
+	tc_core_attached = false;
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	tc_shared = ShmemInitStruct("traffic_control", tc_memsize(), &found);
 	if (!found)
 	{
-		tc_shared->lock = &(GetNamedLWLockTranche("traffic_control"))->lock;
+		LWLockPadded *locks = GetNamedLWLockTranche("traffic_control");
+
+		tc_shared->bucket_lock = &locks[0].lock;
+		tc_shared->pattern_lock = &locks[1].lock;
 		ConditionVariableInit(&tc_shared->slot_freed);
 		SpinLockInit(&tc_shared->mutex);
 		tc_shared->reported_config_hash = 0;
-		tc_shared->table_size = tc_table_size(tc_max_buckets);
-		formatted = tc_table_format(tc_table_address(), tc_shared->table_size, tc_max_buckets);
+		tc_shared->core_size = tc_shared_size(tc_max_buckets, tc_max_patterns);
+		formatted = tc_shared_format(tc_core_address(), tc_shared->core_size, tc_max_buckets,
+									 tc_max_patterns);
 	}
 	LWLockRelease(AddinShmemInitLock);
 
@@ -260,32 +270,53 @@ tc_shmem_startup(void)
 }
 
 static void
-tc_lock_exclusive(void)
+bucket_lock_exclusive(void)
 {
-	LWLockAcquire(tc_shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(tc_shared->bucket_lock, LW_EXCLUSIVE);
 }
 
 static void
-tc_lock_shared(void)
+bucket_lock_shared(void)
 {
-	LWLockAcquire(tc_shared->lock, LW_SHARED);
+	LWLockAcquire(tc_shared->bucket_lock, LW_SHARED);
 }
 
 static void
-tc_unlock(void)
+bucket_unlock(void)
 {
-	LWLockRelease(tc_shared->lock);
+	LWLockRelease(tc_shared->bucket_lock);
 }
 
-static const tc_lock_ops lock_ops = {tc_lock_exclusive, tc_lock_shared, tc_unlock};
+static void
+pattern_lock_exclusive(void)
+{
+	LWLockAcquire(tc_shared->pattern_lock, LW_EXCLUSIVE);
+}
 
 static void
-ensure_table_attached(void)
+pattern_lock_shared(void)
 {
-	if (tc_table_attached)
+	LWLockAcquire(tc_shared->pattern_lock, LW_SHARED);
+}
+
+static void
+pattern_unlock(void)
+{
+	LWLockRelease(tc_shared->pattern_lock);
+}
+
+static const tc_lock_ops bucket_lock_ops = {bucket_lock_exclusive, bucket_lock_shared, bucket_unlock};
+static const tc_lock_ops pattern_lock_ops = {pattern_lock_exclusive, pattern_lock_shared,
+pattern_unlock};
+
+static void
+ensure_core_attached(void)
+{
+	if (tc_core_attached)
 		return;
-	TC_CALL(tc_table_attach(tc_table_address(), tc_shared->table_size, &lock_ops));
-	tc_table_attached = true;
+	TC_CALL(tc_attach(tc_core_address(), tc_shared->core_size, tc_max_buckets, tc_max_patterns,
+					  &bucket_lock_ops, &pattern_lock_ops));
+	tc_core_attached = true;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -369,18 +400,44 @@ reserve_held_record(void)
 	}
 }
 
-static void
-release_record(int index)
+/* Process CPU time (user + system) in seconds; only read where it matters. */
+static double
+cpu_seconds_now(void)
 {
-	int64		token = held[index].token;
+	struct timespec now;
+
+	if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now) != 0)
+		return -1;
+	return (double) now.tv_sec + (double) now.tv_nsec / 1e9;
+}
+
+static void
+release_token(int64 token, double cpu_start, bool completed)
+{
 	bool		wake = false;
+	double		cpu_used = -1;
+
+	if (cpu_start >= 0)
+	{
+		double		now = cpu_seconds_now();
+
+		if (now >= cpu_start)
+			cpu_used = now - cpu_start;
+	}
+	TC_CALL_QUIET(tc_release(token, cpu_used, completed, &wake));
+	if (wake)
+		ConditionVariableBroadcast(&tc_shared->slot_freed);
+}
+
+static void
+release_record(int index, bool completed)
+{
+	TcHeld		record = held[index];
 
 	/* Forget the record first: whatever happens next, it is released once. */
 	held[index] = held[held_count - 1];
 	held_count--;
-	TC_CALL_QUIET(tc_release(token, &wake));
-	if (wake)
-		ConditionVariableBroadcast(&tc_shared->slot_freed);
+	release_token(record.token, record.cpu_start, completed && record.ran_whole);
 }
 
 static void
@@ -389,7 +446,7 @@ release_query(QueryDesc *query)
 	for (int i = held_count - 1; i >= 0; i--)
 	{
 		if (held[i].query == query)
-			release_record(i);
+			release_record(i, true);
 	}
 }
 
@@ -399,7 +456,7 @@ release_owner(ResourceOwner owner)
 	for (int i = held_count - 1; i >= 0; i--)
 	{
 		if (held[i].owner == owner && held[i].query != NULL)
-			release_record(i);
+			release_record(i, false);
 	}
 }
 
@@ -409,7 +466,7 @@ release_executor_holdings(void)
 	for (int i = held_count - 1; i >= 0; i--)
 	{
 		if (held[i].query != NULL)
-			release_record(i);
+			release_record(i, false);
 	}
 }
 
@@ -447,8 +504,14 @@ tc_before_shmem_exit(int code, Datum arg)
 	bool		wake = false;
 
 	held_count = 0;
-	if (tc_shared == NULL || !tc_table_attached)
+	if (tc_shared == NULL || !tc_core_attached)
 		return;
+	/* FATAL while waiting for a slot exits without passing PG_CATCH. */
+	if (waiter_registered)
+	{
+		waiter_registered = false;
+		TC_CALL_QUIET(tc_waiter_remove());
+	}
 	TC_CALL_QUIET(tc_release_all(&wake));
 	if (wake)
 		ConditionVariableBroadcast(&tc_shared->slot_freed);
@@ -603,13 +666,30 @@ send_notices(const tc_admission *admission)
 	}
 }
 
+static double
+effective_server_cores(void)
+{
+	static double online_cpus = 0;
+
+	if (tc_server_cores > 0)
+		return tc_server_cores;
+	if (online_cpus <= 0)
+	{
+		long		n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		online_cpus = n > 0 ? (double) n : 1;
+	}
+	return online_cpus;
+}
+
 /*
- * Decides one statement. Returns the holding token (0 when nothing is held),
- * or raises the refusal. Waits for a slot when a budget has a queue timeout.
+ * Decides one statement. Returns the holding token (0 when nothing is held)
+ * and sets *cpu_start when the statement's CPU time must be measured, or
+ * raises the refusal. Waits for a slot when a budget has a queue timeout.
  */
 static int64
 admit_statement(const char *source, int location, int length, const char *command,
-				uint64 query_id, int workers, double plan_cost)
+				uint64 query_id, int workers, double plan_cost, double *cpu_start)
 {
 	tc_statement statement;
 	tc_admission admission;
@@ -630,7 +710,9 @@ admit_statement(const char *source, int location, int length, const char *comman
 	statement.has_query_id = query_id != UINT64CONST(0);
 	statement.parallel_workers = workers;
 	statement.plan_cost = plan_cost;
+	statement.server_cores = effective_server_cores();
 	statement.message_prefix = tc_message_prefix;
+	*cpu_start = -1;
 
 	reserve_held_record();
 
@@ -650,6 +732,7 @@ admit_statement(const char *source, int location, int length, const char *comman
 				/* Prepare before re-checking, so no wakeup can be missed. */
 				ConditionVariablePrepareToSleep(&tc_shared->slot_freed);
 				TC_CALL(tc_waiter_add());
+				waiter_registered = true;
 				waiting = true;
 				deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   admission.queue_timeout_ms);
@@ -670,6 +753,7 @@ admit_statement(const char *source, int location, int length, const char *comman
 		if (waiting)
 		{
 			ConditionVariableCancelSleep();
+			waiter_registered = false;
 			TC_CALL_QUIET(tc_waiter_remove());
 		}
 		PG_RE_THROW();
@@ -679,6 +763,7 @@ admit_statement(const char *source, int location, int length, const char *comman
 	if (waiting)
 	{
 		ConditionVariableCancelSleep();
+		waiter_registered = false;
 		TC_CALL(tc_waiter_remove());
 	}
 
@@ -689,6 +774,8 @@ admit_statement(const char *source, int location, int length, const char *comman
 				 errmsg_internal("%s", admission.refusal.message),
 				 errdetail_internal("%s", admission.refusal.detail),
 				 admission.refusal.hint ? errhint("%s", admission.refusal.hint) : 0));
+	if (admission.measure_cpu && admission.holding != 0)
+		*cpu_start = cpu_seconds_now();
 	return admission.holding;
 }
 
@@ -704,7 +791,7 @@ admission_active(void)
 		maybe_reload_config();
 	if (tc_config_empty())
 		return false;
-	ensure_table_attached();
+	ensure_core_attached();
 	return true;
 }
 
@@ -719,16 +806,20 @@ tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 	{
 		PlannedStmt *pstmt = queryDesc->plannedstmt;
 		int64		token;
+		double		cpu_start;
 
 		token = admit_statement(queryDesc->sourceText, pstmt->stmt_location, pstmt->stmt_len,
 								command_name(pstmt->commandType), pstmt->queryId,
 								statement_workers(pstmt),
-								pstmt->planTree ? pstmt->planTree->total_cost : -1);
+								pstmt->planTree ? pstmt->planTree->total_cost : -1,
+								&cpu_start);
 		if (token != 0)
 		{
 			held[held_count].token = token;
 			held[held_count].query = queryDesc;
 			held[held_count].owner = CurrentResourceOwner;
+			held[held_count].cpu_start = cpu_start;
+			held[held_count].ran_whole = false;
 			held_count++;
 		}
 	}
@@ -742,6 +833,18 @@ tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 static void
 tc_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
 {
+	/*
+	 * Only a run without a row limit teaches the estimator what the pattern
+	 * costs; a cursor fetching a few rows would teach it too little.
+	 */
+	if (count == 0 && held_count > 0)
+	{
+		for (int i = 0; i < held_count; i++)
+		{
+			if (held[i].query == queryDesc)
+				held[i].ran_whole = true;
+		}
+	}
 	nesting_level++;
 	PG_TRY();
 	{
@@ -789,7 +892,7 @@ tc_ExecutorEnd(QueryDesc *queryDesc)
 
 /*
  * Utility statements whose cost is an inner query that the executor admits
- * on its own (EXECUTE, DECLARE CURSOR, EXPLAIN ANALYZE, CREATE TABLE AS), or
+ * on its own (EXECUTE, DECLARE CURSOR, EXPLAIN ANALYZE, CREATE TABLE AS, COPY (query) TO), or
  * that must never be refused (transaction control, session settings).
  * They are not admitted themselves and do not count as a nesting level, so
  * their inner query is admitted as a top-level statement.
@@ -812,6 +915,9 @@ is_pass_through_utility(Node *statement)
 		case T_VariableShowStmt:
 		case T_DiscardStmt:
 			return true;
+		case T_CopyStmt:
+			/* COPY (query) TO: the query is admitted; COPY FROM/TO a table is not */
+			return ((CopyStmt *) statement)->query != NULL;
 		default:
 			return false;
 	}
@@ -824,6 +930,7 @@ tc_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 {
 	Node	   *statement = pstmt->utilityStmt;
 	volatile int64 token = 0;
+	double		cpu_start = -1;
 
 	if (is_pass_through_utility(statement))
 	{
@@ -838,7 +945,7 @@ tc_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 
 	if (tc_track_utility && admission_active())
 		token = admit_statement(queryString, pstmt->stmt_location, pstmt->stmt_len, "utility",
-								pstmt->queryId, 0, -1);
+								pstmt->queryId, 0, -1, &cpu_start);
 
 	nesting_level++;
 	PG_TRY();
@@ -850,19 +957,17 @@ tc_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 									queryEnv, dest, qc);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
 		nesting_level--;
 		if (token != 0)
-		{
-			bool		wake = false;
-
-			TC_CALL_QUIET(tc_release(token, &wake));
-			if (wake)
-				ConditionVariableBroadcast(&tc_shared->slot_freed);
-		}
+			release_token(token, cpu_start, false);
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	nesting_level--;
+	if (token != 0)
+		release_token(token, cpu_start, true);
 }
 
 /* ---------------------------------------------------------------------- */

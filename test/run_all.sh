@@ -96,7 +96,7 @@ if ls regress/t/*.pl >/dev/null 2>&1; then
   (cd "$WORK/tap" && tc_as_postgres env PATH="$PG_BINDIR:$PATH" \
     PERL5LIB="$PGXS_SRC/test/perl" PG_REGRESS="$PGXS_SRC/test/regress/pg_regress" \
     TESTDIR="$WORK/tap" TESTDATADIR="$WORK/tap/tmp_check" TESTLOGDIR="$WORK/tap/tmp_check/log" \
-    prove -v .) 2>&1 | tee "$WORK/tap.log"
+    prove -v --ext=.pl .) 2>&1 | tee "$WORK/tap.log"
   set -e
   tap_failed=$(grep -cE '^not ok' "$WORK/tap.log" || true)
   tap_ok=$(grep -cE '^ok ' "$WORK/tap.log" || true)

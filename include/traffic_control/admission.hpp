@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "traffic_control/bucket_table.hpp"
+#include "traffic_control/estimator.hpp"
 #include "traffic_control/core_header_guard.hpp"
 #include "traffic_control/messages.hpp"
 #include "traffic_control/metadata.hpp"
@@ -21,6 +22,7 @@ struct StatementInfo {
   std::optional<std::int64_t> query_id;
   int parallel_workers = 0;
   double plan_cost = -1;  // < 0: none
+  double server_cores = 1;  // CPU-seconds per second of a full server
   std::int64_t wall_now_us = 0;
   std::string_view message_prefix;
 };
@@ -32,6 +34,10 @@ struct Decision {
   std::vector<Report> notices;
   Report refusal;
   std::int64_t holding = 0;  // 0 = nothing held
+  // A budget with a cost limit applies: measure the statement's CPU time and
+  // pass it to Release, so buckets are corrected and the estimator learns.
+  bool measure_cpu = false;
+  std::optional<double> predicted_seconds;
 };
 
 // Fills `metadata` from the statement: built-ins first, then its tags.
@@ -46,20 +52,33 @@ class AdmissionController {
   // The shared table; without one nothing is admitted by concurrency (the
   // shim always attaches one).
   void AttachTable(BucketTable* table) { table_ = table; }
+  // The estimator's pattern table; without one predictions are unknown.
+  void AttachPatterns(PatternTable* patterns) { patterns_ = patterns; }
 
   // With kWillWait or kRetry, a statement that could wait for a slot gets
   // kMustWait instead of being refused; kFinal never waits.
   Decision Admit(const StatementInfo& statement, AttemptKind attempt);
 
   // Releases a holding once; returns true when waiters should be woken.
-  bool Release(std::int64_t holding);
+  // `cpu_seconds`: what the statement really used (corrects the buckets'
+  // debt); `completed`: it ran to its end, so the estimator learns from it
+  // (an error or a cancel would teach it that a heavy pattern is cheap).
+  bool Release(std::int64_t holding, std::optional<double> cpu_seconds = std::nullopt,
+               bool completed = false);
   bool ReleaseAll();
   std::size_t held_count() const { return holdings_.size(); }
 
  private:
   RuleSet rules_;
   BucketTable* table_ = nullptr;
-  absl::flat_hash_map<std::int64_t, std::vector<Holding>> holdings_;
+  PatternTable* patterns_ = nullptr;
+  struct Held {
+    std::vector<Holding> holdings;
+    std::uint64_t query_id = 0;  // 0: none
+    double plan_cost = -1;
+    bool learn = false;  // record the CPU time in the estimator
+  };
+  absl::flat_hash_map<std::int64_t, Held> holdings_;
   std::int64_t next_holding_ = 1;
   // Per-statement scratch, reused to keep the hot path allocation-light.
   Metadata metadata_;

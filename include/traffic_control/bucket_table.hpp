@@ -1,9 +1,10 @@
 // The table of budget instances shared by all backends: one slot per
-// (budget, `each` value) holding its concurrency count (and, later, its leaky
-// bucket debt) and its counters. Plain structs only; see bucket_table.cpp for
-// the layout and locking rules.
+// (budget, `each` value) holding its concurrency count, its leaky bucket debt
+// and its counters. Plain structs only; see bucket_table.cpp for the layout and
+// locking rules.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,10 +27,26 @@ struct AdmissionRequest {
   std::string_view instance;       // `each` value
   bool has_instance = false;
   std::uint32_t weight = 1;  // 1 + planned parallel workers
+  // CPU-seconds the statement is predicted to use; nullopt = unknown. NaN,
+  // infinite and negative values are treated as unknown. An unknown
+  // prediction passes per_query_limit, counts as 0 for server_share (so it is
+  // refused only when the debt alone already exceeds the bucket, or when
+  // server_share is 0), and is charged nothing at admission: Release with the
+  // real CPU time charges it then.
+  std::optional<double> predicted_seconds;
+  // CPU-seconds per second that make "full server" (> 0; anything else is
+  // taken as 1).
+  double server_cores = 1;
 };
 
-// For kPass `limit` is kNone; the level fields still describe the concurrency
-// check when the budget has max_concurrent (useful for explain()).
+// The limits are checked in the order max_concurrent, per_query_limit,
+// server_share; the first that refuses is reported, else the first that warns.
+// For kPass `limit` is kNone and the level fields describe the first limit the
+// budget has that could be checked, in that order (useful for explain()).
+// Units: statements for max_concurrent; CPU-seconds for per_query_limit
+// (limit_value = per_query_limit x cores, level = the prediction) and
+// server_share (limit_value = burst_limit x cores, the bucket's capacity, or 0
+// when server_share is 0; level = debt drained to now + the prediction).
 struct BudgetVerdict {
   enum class Action { kPass, kWarn, kRefuse };
   Action action = Action::kPass;
@@ -37,16 +54,22 @@ struct BudgetVerdict {
   double limit_value = 0;      // e.g. max_concurrent
   double level = 0;            // e.g. active statements including this one
   double level_percent = 0;    // level / limit_value * 100 (inf when the limit is 0)
+  // For a server_share refusal: milliseconds until enough debt has drained for
+  // this statement to fit. -1 = a retry cannot be predicted to succeed (other
+  // limits, server_share 0, or a prediction larger than the whole bucket).
+  std::int64_t retry_after_ms = -1;
 };
 
-// A concurrency slot held by a statement; give it back with Release() once.
-// slot == kUntrackedSlot marks an admission the table could not count.
+// A concurrency slot (and the debt charged for it) held by a statement; give it
+// back with Release() once. slot == kUntrackedSlot marks an admission the
+// table could not count.
 struct Holding {
   static constexpr std::uint32_t kUntrackedSlot = UINT32_MAX;
 
   std::uint32_t slot = 0;
   std::uint64_t key_hash = 0;
   std::uint32_t weight = 0;
+  double charged_seconds = 0;  // debt charged at admission (the prediction)
 };
 
 struct AdmitResult {
@@ -71,6 +94,7 @@ struct BucketSnapshot {
   std::uint64_t admitted = 0, warned = 0, blocked_max_concurrent = 0, blocked_per_query_limit = 0,
                 blocked_server_share = 0, queued = 0;
   std::int64_t last_blocked_at_us = 0;  // wall clock (Unix epoch microseconds), 0 = never
+  double debt_seconds = 0;              // leaky bucket debt in CPU-seconds, drained to now
 };
 
 enum class AttemptKind {
@@ -96,15 +120,21 @@ class BucketTable {
   // std::invalid_argument when `memory` was not formatted by Initialize.
   BucketTable(MemorySpan memory, TableLock& lock, Clock& clock);
 
-  // Decides all requests under one exclusive lock: refused when any enforce
-  // budget refuses, and then nothing is acquired; otherwise every request takes
-  // `weight` concurrency units and a Holding is returned for each.
-  // `wall_now_us` stamps last_blocked_at.
+  // Decides all requests atomically: refused when any enforce budget refuses,
+  // and then nothing is acquired or charged; otherwise every request takes
+  // `weight` concurrency units, its bucket (when the budget has server_share)
+  // is charged the prediction, and a Holding is returned for each.
+  // `wall_now_us` stamps last_blocked_at. Instances already in the table are
+  // decided under the shared table lock plus their entries' spinlocks; only a
+  // new instance takes the exclusive lock.
   AdmitResult Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
                     std::int64_t wall_now_us);
 
-  // Gives a holding back. Returns true when a waiter might now be admitted.
-  bool Release(const Holding& holding);
+  // Gives a holding back. With `actual_seconds` (the CPU-seconds the statement
+  // really used) the bucket's debt is corrected by actual - charged (never
+  // below 0); without it the charge stands. Returns true when a waiter might
+  // now be admitted.
+  bool Release(const Holding& holding, std::optional<double> actual_seconds = std::nullopt);
 
   // Number of backends currently waiting for a slot (the caller keeps it).
   void AddWaiter();

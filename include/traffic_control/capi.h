@@ -34,19 +34,22 @@ bool tc_load_config(const char *budgets_json, const char *rules_json, tc_report_
 /* True when no rule can match: the per-statement fast path. Cannot fail. */
 bool tc_config_empty(void);
 
-/* ---- the shared table (PostgreSQL shared memory) ---- */
-size_t tc_table_size(int capacity);
-bool tc_table_format(void *memory, size_t size, int capacity);
+/* ---- shared state (PostgreSQL shared memory) ----
+ * One block holding the bucket table (max_buckets budget instances) and the
+ * estimator's pattern table (max_patterns query patterns). */
+size_t		tc_shared_size(int max_buckets, int max_patterns);
+bool		tc_shared_format(void *memory, size_t size, int max_buckets, int max_patterns);
 
 typedef struct tc_lock_ops
 {
-	void (*lock_exclusive)(void);
-	void (*lock_shared)(void);
-	void (*unlock)(void);
+	void		(*lock_exclusive) (void);
+	void		(*lock_shared) (void);
+	void		(*unlock) (void);
 } tc_lock_ops;
 
 /* Attaches this backend to formatted memory; lock functions must not raise. */
-bool tc_table_attach(void *memory, size_t size, const tc_lock_ops *lock_ops);
+bool		tc_attach(void *memory, size_t size, int max_buckets, int max_patterns,
+					  const tc_lock_ops *bucket_lock, const tc_lock_ops *pattern_lock);
 
 /* ---- admission ---- */
 typedef struct tc_statement
@@ -62,6 +65,7 @@ typedef struct tc_statement
 	bool		has_query_id;
 	int			parallel_workers;	/* planned workers; the statement counts 1 + this */
 	double		plan_cost;		/* planner total cost; <0 when none (utility) */
+	double		server_cores;	/* CPU-seconds per second of a full server */
 	int64_t		wall_now_us;	/* Unix epoch microseconds, for last_blocked_at */
 	const char *message_prefix; /* traffic_control.message_prefix */
 } tc_statement;
@@ -88,6 +92,8 @@ typedef struct tc_admission
 	const tc_report *notices;
 	tc_report	refusal;		/* TC_REFUSED */
 	int64_t		holding;		/* TC_ADMITTED: token for tc_release, 0 = none */
+	bool		measure_cpu;	/* measure CPU time and pass it to tc_release */
+	double		predicted_seconds;	/* CPU-seconds predicted; <0 = unknown */
 } tc_admission;
 
 typedef enum tc_attempt
@@ -103,10 +109,14 @@ typedef enum tc_attempt
  */
 bool tc_admit(const tc_statement *statement, tc_attempt attempt, tc_admission *out);
 
-/* Gives back what `holding` holds; unknown or already released tokens are
- * ignored, so a holding is released exactly once. *wake is set when waiters
- * should be woken. */
-bool tc_release(int64_t holding, bool *wake);
+/*
+ * Gives back what `holding` holds; unknown or already released tokens are
+ * ignored, so a holding is released exactly once. `cpu_seconds` (<0 when not
+ * measured) corrects the budgets' debt; `completed` (the statement ran to its
+ * end) lets the estimator learn from it. *wake is set when waiters should be
+ * woken.
+ */
+bool		tc_release(int64_t holding, double cpu_seconds, bool completed, bool *wake);
 /* Releases everything this backend holds (exit, safety net). */
 bool tc_release_all(bool *wake);
 

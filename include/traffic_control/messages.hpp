@@ -28,6 +28,8 @@ struct VerdictContext {
 // `<prefix> query blocked by budget "<b>": <limit> exceeded` (refused) or
 // `<prefix> query would be blocked by budget "<b>": <limit> exceeded` (warned),
 // with DETAIL naming the rule, the predicted cost, the limit and the level.
+// HINT: `retry after <N> ms` for a refusal whose verdict has retry_after_ms >= 0
+// (server_share); for a max_concurrent refusal, when to retry; else none.
 Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict, bool refused);
 
 // Shortest decimal form of a number for messages ("2", "0.25", "1e-06").

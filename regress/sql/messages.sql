@@ -8,9 +8,8 @@ SELECT pg_reload_conf(), pg_sleep(0.5);
 -- Warn: a NOTICE, and the statement runs.
 SELECT 'ran' AS warned /*route='warn'*/;
 -- Enforce: refused with SQLSTATE 53000, DETAIL and HINT.
-\set VERBOSITY verbose
 SELECT 'ran' AS refused /*route='enforce'*/;
-\set VERBOSITY default
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- Both budgets apply: the warn NOTICE is sent and the enforce budget refuses.
 SELECT 'ran' AS both /*route='both'*/;
 -- A budget in mode "off" takes no part.

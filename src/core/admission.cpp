@@ -30,6 +30,21 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
   rules_.Match(metadata_, &matches_);
   if (matches_.empty()) return decision;
 
+  // Predict only when a cost limit can use the prediction: the estimator's
+  // table is shared memory, and most budgets only cap concurrency.
+  bool has_cost_limit = false;
+  for (const BudgetMatch& match : matches_) {
+    const Budget& budget = rules_.budgets()[match.budget_index];
+    if (budget.per_query_limit || budget.server_share) has_cost_limit = true;
+  }
+  const std::uint64_t query_id =
+      statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
+  std::optional<double> predicted;
+  if (has_cost_limit && patterns_ != nullptr && query_id != 0) {
+    predicted = patterns_->Predict(query_id, statement.plan_cost);
+  }
+  decision.predicted_seconds = predicted;
+
   const std::uint32_t weight =
       1 + static_cast<std::uint32_t>(std::max(0, statement.parallel_workers));
   requests_.clear();
@@ -39,6 +54,8 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
     request.has_instance = match.has_instance;
     request.instance = match.instance;
     request.weight = weight;
+    request.predicted_seconds = predicted;
+    request.server_cores = statement.server_cores > 0 ? statement.server_cores : 1;
     requests_.push_back(request);
   }
 
@@ -60,6 +77,7 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
     context.rule = rule.name;
     if (match.has_instance && rule.each) context.each_key = *rule.each;
     context.instance = match.instance;
+    context.predicted_seconds = predicted;
     const bool refusing = verdict.action == BudgetVerdict::Action::kRefuse;
     Report report = FormatVerdict(context, verdict, refusing);
     if (refusing) {
@@ -76,11 +94,15 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
 
   if (result.admitted) {
     decision.outcome = Decision::Outcome::kAdmitted;
-    std::vector<Holding> held;
+    Held held;
     for (const Holding& holding : result.holdings) {
-      if (holding.slot != UINT32_MAX) held.push_back(holding);
+      if (holding.slot != Holding::kUntrackedSlot) held.holdings.push_back(holding);
     }
-    if (!held.empty()) {
+    held.query_id = query_id;
+    held.plan_cost = statement.plan_cost;
+    held.learn = has_cost_limit && patterns_ != nullptr && query_id != 0;
+    decision.measure_cpu = has_cost_limit;
+    if (!held.holdings.empty() || held.learn) {
       decision.holding = next_holding_++;
       holdings_.emplace(decision.holding, std::move(held));
     }
@@ -88,15 +110,21 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
   return decision;
 }
 
-bool AdmissionController::Release(std::int64_t holding) {
+bool AdmissionController::Release(std::int64_t holding, std::optional<double> cpu_seconds,
+                                  bool completed) {
   auto it = holdings_.find(holding);
-  if (it == holdings_.end() || table_ == nullptr) return false;
+  if (it == holdings_.end()) return false;
   // Erase before releasing so that even an exception cannot make a second
   // release of the same holding possible.
-  std::vector<Holding> held = std::move(it->second);
+  Held held = std::move(it->second);
   holdings_.erase(it);
   bool wake = false;
-  for (const Holding& h : held) wake |= table_->Release(h);
+  if (table_ != nullptr) {
+    for (const Holding& h : held.holdings) wake |= table_->Release(h, cpu_seconds);
+  }
+  if (completed && held.learn && cpu_seconds && patterns_ != nullptr) {
+    patterns_->Record(held.query_id, held.plan_cost, *cpu_seconds);
+  }
   return wake;
 }
 

@@ -1,32 +1,65 @@
 // Bucket table: one entry per budget instance (budget name + `each` value),
-// shared by every backend through PostgreSQL shared memory.
+// shared by every backend through PostgreSQL shared memory. An entry holds the
+// instance's concurrency count, its leaky bucket debt and its counters.
 //
 // Layout (one contiguous block of RequiredBytes(capacity) bytes, formatted once
 // by Initialize; plain structs, offsets and int32 slot numbers, no pointers, so
 // any process may map it at any address):
 //   TableHeader                        magic/version, capacity, waiter count,
-//                                      free list, idle LRU list, hash seed
-//   BucketEntry entries[capacity]      counts, counters, key, display text
+//                                      free list, eviction hand, hash seed
+//   BucketEntry entries[capacity]      spinlock, state (counts, debt,
+//                                      counters), key, display text
 //   int32 index[index_size]            open addressing: power of two >=
 //                                      2 x capacity, linear probing,
 //                                      backward-shift deletion; kNoSlot = empty
-// An entry is free (on the free list), idle (in use with active == 0, on the
-// idle list ordered least recently used first) or busy (active > 0, on no
-// list). A new key takes a free entry, else evicts the head of the idle list;
-// busy entries are never evicted, so an outstanding Holding always refers to
-// its own entry.
+// An entry is free (in_use == 0, on the free list) or in use (indexed). In use
+// it is busy while active > 0 and idle otherwise. A new key takes a free
+// entry, else evicts an idle one (see Evict: a bounded clock-hand scan that
+// prefers a bucket that has drained to 0, then the one that will be empty
+// soonest, then the least recently used); busy entries are never evicted, so
+// an outstanding Holding always refers to its own entry. Evicting a bucket
+// that still owes forgives its debt (the order above makes that the smallest,
+// shortest-lived debt in the sample). A full table of busy entries never
+// fails: the request is admitted untracked (judged as an empty instance).
+//
+// Leaky bucket: `debt` is CPU-seconds owed at `debt_updated_us`; it drains at
+// `drain_per_second` and is brought up to date lazily by whoever reads it
+// (DrainTo; no sweeper). The drain rate is stored in the entry (from the
+// budget of the last Admit) so that Release, Snapshot and eviction, which do
+// not see the budget, drain at the same rate. drain_per_second < 0 means the
+// budget has no server_share: no debt is kept.
 //
 // Locking rules:
-// - Every read or write of the block after Initialize happens under `lock_`:
-//   exclusive for Admit, Release, ResetCounters, AddWaiter and RemoveWaiter;
-//   shared for Snapshot. The only exception is the header's capacity and hash
-//   seed, which never change after Initialize and are read without the lock.
-// - Always through ExclusiveGuard/SharedGuard, so an exception cannot leave
-//   the table locked.
+// - The table lock (`lock_`, an LWLock in PostgreSQL) guards the index, the
+//   free list, the header and every entry's identity (in_use, key, names).
+//   Exclusive: creating or evicting an entry (Admit of an instance not in the
+//   table), ResetCounters, AddWaiter, RemoveWaiter, ConsistencyProblem.
+//   Shared: Admit of instances that are all in the table, Release, Snapshot.
+//   Nothing changes an entry's identity or the index under the shared lock.
+// - Each entry's `state` is guarded by the entry's own spinlock (`spin`, an
+//   __atomic exchange on a plain uint32, as pg_stat_statements' per-entry
+//   mutex), taken while holding the table lock in either mode. Holding the
+//   exclusive table lock alone also suffices (no one else can be inside), but
+//   Admit takes the spinlocks in both modes so there is one decision path.
+// - Admit takes the spinlocks of all the entries it decides on at once, in
+//   ascending slot order (so two backends can never deadlock), which keeps a
+//   multi-budget decision atomic. Release and Snapshot take one at a time.
+// - Under a spinlock: only loads, stores and arithmetic on that memory; no
+//   calls that can block, allocate, throw or take another lock, except further
+//   entry spinlocks in ascending order. Waiting spins with a CPU pause and
+//   yields the CPU after a while.
+// - Table locks always through ExclusiveGuard/SharedGuard and single
+//   spinlocks through SpinGuard, so an exception cannot leave anything
+//   locked; Admit's several spinlocks (DecideLocked) are taken and released
+//   around code that cannot throw.
 // - Nothing slow while locked: hashes, the clock and every allocation happen
 //   before taking the lock (result vectors are sized or reserved up front);
 //   the locked sections only walk the table and write into that memory.
+// - The header's capacity, layout offsets and hash seed never change after
+//   Initialize and are read without any lock.
 #include "traffic_control/bucket_table.hpp"
+
+#include <sched.h>
 
 #include <algorithm>
 #include <cmath>
@@ -40,9 +73,16 @@ namespace tc {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x54434255434b4554ULL;  // "TCBUCKET"
-constexpr std::uint32_t kLayoutVersion = 1;
+constexpr std::uint32_t kLayoutVersion = 2;
 constexpr std::int32_t kNoSlot = -1;
 constexpr std::size_t kBudgetNameCapacity = kMaxBudgetNameBytes + 1;
+// Idle entries an eviction looks at (a bounded scan keeps it O(1)).
+constexpr int kEvictionSample = 32;
+// CPU-seconds of slack in the server_share comparison, so that rounding can
+// never make a retry at retry_after_ms fail.
+constexpr double kDebtSlackSeconds = 1e-9;
+// Longest retry hint (about 31 years): a nearly-zero drain rate is "never".
+constexpr double kMaxRetryAfterMs = 1e12;
 
 struct TableHeader {
   std::uint64_t magic;
@@ -57,19 +97,16 @@ struct TableHeader {
   std::uint64_t index_offset;
   std::uint64_t total_bytes;
   std::int64_t waiters;
-  std::int32_t free_head;  // singly linked through BucketEntry::next
-  std::int32_t idle_head;  // least recently used idle entry
-  std::int32_t idle_tail;  // most recently used idle entry
-  std::int32_t reserved;
+  std::int32_t free_head;    // singly linked through BucketEntry::next
+  std::uint32_t clock_hand;  // where the next eviction scan starts
 };
 
-struct BucketEntry {
-  std::uint64_t key_hash;
-  std::int64_t active;  // concurrency units held (1 + workers per statement)
-  // Leaky bucket debt (server_share/burst_limit), not used yet: the next
-  // dimension of the decision, drained lazily from debt_updated_us.
-  double debt;
-  std::int64_t debt_updated_us;
+// What the entry's spinlock guards.
+struct BucketState {
+  std::int64_t active;              // concurrency units held (1 + workers per statement)
+  double debt;                      // leaky bucket debt, CPU-seconds at debt_updated_us
+  double drain_per_second;          // CPU-seconds per second; < 0: no bucket
+  std::int64_t debt_updated_us;     // monotonic clock
   std::int64_t last_used_us;        // monotonic clock
   std::int64_t last_blocked_at_us;  // wall clock, 0 = never
   std::uint64_t admitted;
@@ -78,14 +115,19 @@ struct BucketEntry {
   std::uint64_t blocked_per_query_limit;
   std::uint64_t blocked_server_share;
   std::uint64_t queued;
+};
+
+struct BucketEntry {
+  std::uint32_t spin;  // 0 = free; only through SpinLock/SpinUnlock
+  std::int32_t next;   // free list
+  BucketState state;
+  // Identity: written only under the exclusive table lock.
+  std::uint64_t key_hash;
   std::uint64_t instance_full_bytes;  // identity: the value may be truncated
-  std::int32_t prev;                  // idle list
-  std::int32_t next;                  // idle list or free list
   std::uint16_t instance_bytes;       // stored (display) bytes
   std::uint8_t budget_bytes;
   std::uint8_t has_instance;
   std::uint8_t in_use;
-  std::uint8_t on_idle_list;
   char budget[kBudgetNameCapacity];
   char instance[kMaxInstanceDisplayBytes];
 };
@@ -94,6 +136,70 @@ static_assert(std::is_trivially_copyable_v<TableHeader> && std::is_standard_layo
 static_assert(std::is_trivially_copyable_v<BucketEntry> && std::is_standard_layout_v<BucketEntry>);
 static_assert(kMaxInstanceDisplayBytes <= UINT16_MAX);
 static_assert(kMaxBudgetNameBytes <= UINT8_MAX);
+
+// --- Spinlocks ------------------------------------------------------------------
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+void SpinLock(std::uint32_t* word) {
+  constexpr int kSpinsBeforeYield = 100;
+  int spins = 0;
+  while (__atomic_exchange_n(word, 1u, __ATOMIC_ACQUIRE) != 0) {
+    // Test before test-and-set: wait on a shared cache line, not by writing.
+    while (__atomic_load_n(word, __ATOMIC_RELAXED) != 0) {
+      if (++spins < kSpinsBeforeYield) {
+        CpuRelax();
+      } else {
+        spins = 0;
+        sched_yield();  // the holder may have been descheduled
+      }
+    }
+  }
+}
+
+void SpinUnlock(std::uint32_t* word) { __atomic_store_n(word, 0u, __ATOMIC_RELEASE); }
+
+class SpinGuard {
+ public:
+  explicit SpinGuard(BucketEntry& entry) : word_(&entry.spin) { SpinLock(word_); }
+  ~SpinGuard() { SpinUnlock(word_); }
+  SpinGuard(const SpinGuard&) = delete;
+  SpinGuard& operator=(const SpinGuard&) = delete;
+
+ private:
+  std::uint32_t* word_;
+};
+
+// A few elements on the stack, more on the heap: per-call scratch that
+// usually needs no allocation (a statement rarely matches more than 4 budgets).
+template <typename T, std::size_t N>
+class SmallArray {
+ public:
+  SmallArray(std::size_t size, const T& value) {
+    if (size > N) {
+      heap_.assign(size, value);
+      data_ = heap_.data();
+    } else {
+      std::fill(inline_, inline_ + size, value);
+      data_ = inline_;
+    }
+  }
+  SmallArray(const SmallArray&) = delete;
+  SmallArray& operator=(const SmallArray&) = delete;
+  T& operator[](std::size_t i) { return data_[i]; }
+  T* data() { return data_; }
+
+ private:
+  T inline_[N];
+  std::vector<T> heap_;
+  T* data_;
+};
 
 constexpr std::size_t RoundUp(std::size_t value, std::size_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
@@ -184,7 +290,7 @@ std::uint64_t KeyHash(std::uint64_t seed, std::string_view budget, bool has_inst
   return Finalize(h);
 }
 
-// --- Entries, index and lists (all called under the lock) ---------------------
+// --- Entries and index (called under the table lock) ---------------------------
 
 std::string_view StoredBudget(const BucketEntry& entry) {
   return std::string_view(entry.budget, entry.budget_bytes);
@@ -243,53 +349,103 @@ void IndexErase(const TableView& table, std::uint32_t hole) {
   table.index[hole] = kNoSlot;
 }
 
-void IdleUnlink(const TableView& table, std::int32_t slot) {
-  BucketEntry& entry = table.entries[slot];
-  if (!entry.on_idle_list) return;
-  if (entry.prev == kNoSlot) {
-    table.header->idle_head = entry.next;
-  } else {
-    table.entries[entry.prev].next = entry.next;
-  }
-  if (entry.next == kNoSlot) {
-    table.header->idle_tail = entry.prev;
-  } else {
-    table.entries[entry.next].prev = entry.prev;
-  }
-  entry.prev = entry.next = kNoSlot;
-  entry.on_idle_list = 0;
-}
-
-void IdleAppend(const TableView& table, std::int32_t slot) {
-  BucketEntry& entry = table.entries[slot];
-  entry.prev = table.header->idle_tail;
-  entry.next = kNoSlot;
-  if (table.header->idle_tail == kNoSlot) {
-    table.header->idle_head = slot;
-  } else {
-    table.entries[table.header->idle_tail].next = slot;
-  }
-  table.header->idle_tail = slot;
-  entry.on_idle_list = 1;
-}
-
-// Records a use of an in-use entry: refreshes its LRU position and keeps it on
-// the idle list exactly when it holds nothing.
-void Touch(const TableView& table, std::int32_t slot, std::int64_t now_us) {
-  BucketEntry& entry = table.entries[slot];
-  entry.last_used_us = now_us;
-  IdleUnlink(table, slot);
-  if (entry.active == 0) IdleAppend(table, slot);
-}
-
 bool Contains(const std::int32_t* slots, std::size_t count, std::int32_t slot) {
   return std::find(slots, slots + count, slot) != slots + count;
 }
 
-// A slot for a new key: a free one, else the least recently used idle entry
-// not already taken by this Admit call (`pinned`). kNoSlot when all are busy.
-std::int32_t TakeSlot(const TableView& table, const std::int32_t* pinned,
-                      std::size_t pinned_count) {
+// --- Leaky bucket arithmetic (on a state the caller has locked or copied) --------
+
+// The debt as it stands at `now_us`, without changing the state.
+double DrainedDebt(const BucketState& state, std::int64_t now_us) {
+  if (state.debt <= 0 || state.drain_per_second <= 0 || now_us <= state.debt_updated_us) {
+    return std::max(0.0, state.debt);
+  }
+  const double drained =
+      state.drain_per_second * static_cast<double>(now_us - state.debt_updated_us) / 1e6;
+  return drained >= state.debt ? 0.0 : state.debt - drained;
+}
+
+// Brings the debt up to `now_us`. A clock reading older than the last update
+// (another backend read the clock earlier but locked later) drains nothing and
+// keeps the later stamp, so the debt never drains twice for the same time.
+void DrainTo(BucketState& state, std::int64_t now_us) {
+  state.debt = DrainedDebt(state, now_us);
+  state.debt_updated_us = std::max(state.debt_updated_us, now_us);
+}
+
+// Drain rate of a budget in CPU-seconds per second; -1 when it has no bucket.
+double DrainRateOf(const Budget& budget, double cores) {
+  if (!budget.server_share.has_value()) return -1;
+  return std::max(0.0, *budget.server_share) / 100.0 * cores;
+}
+
+// Brings the bucket to now at the old rate, then adopts the budget's current
+// rate (config reloads may change it); a budget without server_share keeps no
+// debt.
+void PrepareBucket(BucketState& state, double drain_per_second, std::int64_t now_us) {
+  DrainTo(state, now_us);
+  state.drain_per_second = drain_per_second;
+  if (drain_per_second < 0) state.debt = 0;
+}
+
+// --- Slots for new keys (under the exclusive table lock) ---------------------------
+
+// Eviction preference: lower is better.
+struct EvictionRank {
+  int drained_class;          // 0: debt has drained to 0; 1: still owes
+  double seconds_to_empty;    // for class 1 (inf when it never drains)
+  std::int64_t last_used_us;  // least recently used first
+  bool operator<(const EvictionRank& other) const {
+    if (drained_class != other.drained_class) return drained_class < other.drained_class;
+    if (seconds_to_empty != other.seconds_to_empty) {
+      return seconds_to_empty < other.seconds_to_empty;
+    }
+    return last_used_us < other.last_used_us;
+  }
+};
+
+// Evicts an idle entry not taken by this Admit call (`pinned`): a clock hand
+// scans from where the last scan stopped, looks at up to kEvictionSample idle
+// entries (skipping busy ones) and evicts the best of them by EvictionRank.
+// Busy entries are bounded by the running statements, so the scan is short
+// unless the table is tiny. kNoSlot when every entry is busy or pinned.
+std::int32_t Evict(const TableView& table, const std::int32_t* pinned, std::size_t pinned_count,
+                   std::int64_t now_us) {
+  TableHeader& header = *table.header;
+  const std::uint32_t capacity = header.capacity;
+  if (capacity == 0) return kNoSlot;
+  std::int32_t best = kNoSlot;
+  EvictionRank best_rank{};
+  int sampled = 0;
+  std::uint32_t pos = header.clock_hand % capacity;
+  for (std::uint32_t seen = 0; seen < capacity && sampled < kEvictionSample; ++seen) {
+    const auto slot = static_cast<std::int32_t>(pos);
+    pos = pos + 1 == capacity ? 0 : pos + 1;
+    const BucketEntry& entry = table.entries[slot];
+    if (!entry.in_use || entry.state.active > 0 || Contains(pinned, pinned_count, slot)) continue;
+    ++sampled;
+    const double debt = DrainedDebt(entry.state, now_us);
+    EvictionRank rank{0, 0, entry.state.last_used_us};
+    if (debt > 0) {
+      rank.drained_class = 1;
+      rank.seconds_to_empty = entry.state.drain_per_second > 0
+                                  ? debt / entry.state.drain_per_second
+                                  : std::numeric_limits<double>::infinity();
+    }
+    if (best == kNoSlot || rank < best_rank) {
+      best = slot;
+      best_rank = rank;
+    }
+  }
+  header.clock_hand = pos;
+  if (best != kNoSlot) IndexErase(table, IndexPositionOf(table, best));  // its counters go too
+  return best;
+}
+
+// A slot for a new key: a free one, else an evicted idle one. kNoSlot when
+// all are busy.
+std::int32_t TakeSlot(const TableView& table, const std::int32_t* pinned, std::size_t pinned_count,
+                      std::int64_t now_us) {
   TableHeader& header = *table.header;
   if (header.free_head != kNoSlot) {
     const std::int32_t slot = header.free_head;
@@ -297,32 +453,30 @@ std::int32_t TakeSlot(const TableView& table, const std::int32_t* pinned,
     ++header.used_count;
     return slot;
   }
-  for (std::int32_t slot = header.idle_head; slot != kNoSlot; slot = table.entries[slot].next) {
-    if (Contains(pinned, pinned_count, slot)) continue;
-    // Evict: the entry's counters go with it.
-    IdleUnlink(table, slot);
-    IndexErase(table, IndexPositionOf(table, slot));
-    return slot;
+  return Evict(table, pinned, pinned_count, now_us);
+}
+
+// Under the table lock (either mode).
+std::int32_t Find(const TableView& table, const AdmissionRequest& request, std::uint64_t key_hash) {
+  for (std::uint32_t pos = HomeOf(table, key_hash); table.index[pos] != kNoSlot;
+       pos = (pos + 1) & table.mask) {
+    const std::int32_t slot = table.index[pos];
+    if (SameKey(table.entries[slot], key_hash, request)) return slot;
   }
   return kNoSlot;
 }
 
+// Under the exclusive table lock.
 std::int32_t FindOrCreate(const TableView& table, const AdmissionRequest& request,
                           std::uint64_t key_hash, std::int64_t now_us, const std::int32_t* pinned,
                           std::size_t pinned_count) {
-  for (std::uint32_t pos = HomeOf(table, key_hash); table.index[pos] != kNoSlot;
-       pos = (pos + 1) & table.mask) {
-    const std::int32_t slot = table.index[pos];
-    if (SameKey(table.entries[slot], key_hash, request)) {
-      Touch(table, slot, now_us);
-      return slot;
-    }
-  }
-  const std::int32_t slot = TakeSlot(table, pinned, pinned_count);
+  const std::int32_t found = Find(table, request, key_hash);
+  if (found != kNoSlot) return found;
+  const std::int32_t slot = TakeSlot(table, pinned, pinned_count, now_us);
   if (slot == kNoSlot) return kNoSlot;
 
   BucketEntry& entry = table.entries[slot];
-  std::memset(&entry, 0, sizeof entry);
+  std::memset(&entry, 0, sizeof entry);  // spin = 0: nobody can hold it now
   const std::string_view budget = Truncate(request.budget->name, kMaxBudgetNameBytes);
   const std::string_view instance = request.has_instance ? request.instance : std::string_view();
   const std::string_view display = Truncate(instance, kMaxInstanceDisplayBytes);
@@ -334,9 +488,11 @@ std::int32_t FindOrCreate(const TableView& table, const AdmissionRequest& reques
   entry.instance_full_bytes = instance.size();
   entry.instance_bytes = static_cast<std::uint16_t>(display.size());
   display.copy(entry.instance, display.size());
-  entry.prev = entry.next = kNoSlot;
+  entry.next = kNoSlot;
+  entry.state.drain_per_second = -1;
+  entry.state.debt_updated_us = now_us;
+  entry.state.last_used_us = now_us;
   IndexInsert(table, slot);
-  Touch(table, slot, now_us);
   return slot;
 }
 
@@ -347,28 +503,122 @@ double Percent(double level, double limit) {
   return level > 0 ? std::numeric_limits<double>::infinity() : 0.0;
 }
 
-// The concurrency dimension. `active` counts what the instance holds already
-// (including earlier requests of this call for the same instance). The leaky
-// bucket dimension will get its own function; Admit then keeps the worse
-// verdict per request.
-BudgetVerdict DecideConcurrency(const Budget& budget, std::int64_t active, std::uint32_t weight) {
+// The request's prediction if it is usable: finite and >= 0.
+std::optional<double> UsablePrediction(const std::optional<double>& predicted) {
+  if (predicted.has_value() && std::isfinite(*predicted) && *predicted >= 0) return predicted;
+  return std::nullopt;
+}
+
+double UsableCores(double cores) { return std::isfinite(cores) && cores > 0 ? cores : 1.0; }
+
+bool ThresholdReached(const Budget& budget, double limit_value, double percent) {
+  return budget.mode == Mode::kEnforce && budget.warning_threshold.has_value() && limit_value > 0 &&
+         percent >= *budget.warning_threshold;
+}
+
+BudgetVerdict::Action OverLimitAction(const Budget& budget) {
+  return budget.mode == Mode::kEnforce ? BudgetVerdict::Action::kRefuse
+                                       : BudgetVerdict::Action::kWarn;
+}
+
+// What one instance holds, as seen by one request of an Admit call: the
+// entry's state plus what earlier requests of the same call for the same
+// instance would add.
+struct Standing {
+  std::int64_t active = 0;
+  double debt = 0;  // drained to now
+};
+
+BudgetVerdict CheckConcurrency(const Budget& budget, std::int64_t active, std::uint32_t weight) {
   BudgetVerdict verdict;
-  if (!budget.max_concurrent.has_value() || budget.mode == Mode::kOff) return verdict;
   const std::int64_t limit = *budget.max_concurrent;
   const std::int64_t level = active + static_cast<std::int64_t>(weight);
   verdict.limit_value = static_cast<double>(limit);
   verdict.level = static_cast<double>(level);
   verdict.level_percent = Percent(verdict.level, verdict.limit_value);
   if (level > limit) {
-    verdict.action = budget.mode == Mode::kEnforce ? BudgetVerdict::Action::kRefuse
-                                                   : BudgetVerdict::Action::kWarn;
+    verdict.action = OverLimitAction(budget);
     verdict.limit = Limit::kMaxConcurrent;
-  } else if (budget.mode == Mode::kEnforce && budget.warning_threshold.has_value() && limit > 0 &&
-             verdict.level_percent >= *budget.warning_threshold) {
+  } else if (ThresholdReached(budget, verdict.limit_value, verdict.level_percent)) {
     verdict.action = BudgetVerdict::Action::kWarn;
     verdict.limit = Limit::kMaxConcurrent;
   }
   return verdict;
+}
+
+BudgetVerdict CheckPerQuery(const Budget& budget, double predicted, double cores) {
+  BudgetVerdict verdict;
+  verdict.limit_value = std::max(0.0, *budget.per_query_limit) * cores;
+  verdict.level = predicted;
+  verdict.level_percent = Percent(verdict.level, verdict.limit_value);
+  if (predicted > verdict.limit_value) {
+    verdict.action = OverLimitAction(budget);
+    verdict.limit = Limit::kPerQueryLimit;
+  } else if (ThresholdReached(budget, verdict.limit_value, verdict.level_percent)) {
+    verdict.action = BudgetVerdict::Action::kWarn;
+    verdict.limit = Limit::kPerQueryLimit;
+  }
+  return verdict;
+}
+
+// An unknown prediction counts as 0: it passes unless the debt alone already
+// exceeds the bucket (under-predicted statements corrected at release).
+BudgetVerdict CheckServerShare(const Budget& budget, double debt,
+                               const std::optional<double>& predicted, double cores) {
+  BudgetVerdict verdict;
+  const double share = std::max(0.0, *budget.server_share);
+  const double cost = predicted.value_or(0.0);
+  verdict.level = debt + cost;
+  if (share <= 0) {  // sheds everything, known prediction or not
+    verdict.limit_value = 0;
+    verdict.level_percent = Percent(verdict.level, 0);
+    verdict.action = OverLimitAction(budget);
+    verdict.limit = Limit::kServerShare;
+    return verdict;
+  }
+  const double capacity = budget.burst_limit * cores;
+  const double drain = share / 100.0 * cores;
+  verdict.limit_value = capacity;
+  verdict.level_percent = Percent(verdict.level, capacity);
+  if (verdict.level > capacity + kDebtSlackSeconds) {
+    verdict.action = OverLimitAction(budget);
+    verdict.limit = Limit::kServerShare;
+    if (verdict.action == BudgetVerdict::Action::kRefuse && cost <= capacity && drain > 0) {
+      // Half the slack off, so that rounding cannot make the retry fall short.
+      const double excess = verdict.level - capacity - kDebtSlackSeconds / 2;
+      const double wait_ms = std::ceil(excess / drain * 1000.0);
+      verdict.retry_after_ms = static_cast<std::int64_t>(std::min(wait_ms, kMaxRetryAfterMs));
+    }
+  } else if (ThresholdReached(budget, verdict.limit_value, verdict.level_percent)) {
+    verdict.action = BudgetVerdict::Action::kWarn;
+    verdict.limit = Limit::kServerShare;
+  }
+  return verdict;
+}
+
+// All the budget's limits in order: the first refusal wins, else the first
+// warning, else a pass describing the first limit that could be checked.
+BudgetVerdict Decide(const Budget& budget, const Standing& standing, std::uint32_t weight,
+                     const std::optional<double>& predicted, double cores) {
+  BudgetVerdict verdicts[3];
+  int count = 0;
+  if (budget.mode == Mode::kOff) return BudgetVerdict{};
+  if (budget.max_concurrent.has_value()) {
+    verdicts[count++] = CheckConcurrency(budget, standing.active, weight);
+  }
+  if (budget.per_query_limit.has_value() && predicted.has_value()) {
+    verdicts[count++] = CheckPerQuery(budget, *predicted, cores);
+  }
+  if (budget.server_share.has_value()) {
+    verdicts[count++] = CheckServerShare(budget, standing.debt, predicted, cores);
+  }
+  for (int i = 0; i < count; ++i) {
+    if (verdicts[i].action == BudgetVerdict::Action::kRefuse) return verdicts[i];
+  }
+  for (int i = 0; i < count; ++i) {
+    if (verdicts[i].action == BudgetVerdict::Action::kWarn) return verdicts[i];
+  }
+  return count > 0 ? verdicts[0] : BudgetVerdict{};
 }
 
 // Waiting helps only a concurrency refusal that a release can cure: the
@@ -380,20 +630,121 @@ bool CanWaitFor(const AdmissionRequest& request, const BudgetVerdict& verdict) {
          static_cast<std::int64_t>(request.weight) <= *budget.max_concurrent;
 }
 
-void CountBlocked(BucketEntry& entry, Limit limit) {
+void CountBlocked(BucketState& state, Limit limit) {
   switch (limit) {
     case Limit::kMaxConcurrent:
-      ++entry.blocked_max_concurrent;
+      ++state.blocked_max_concurrent;
       break;
     case Limit::kPerQueryLimit:
-      ++entry.blocked_per_query_limit;
+      ++state.blocked_per_query_limit;
       break;
     case Limit::kServerShare:
-      ++entry.blocked_server_share;
+      ++state.blocked_server_share;
       break;
     case Limit::kNone:
       break;
   }
+}
+
+// Per-request inputs computed before locking.
+struct Pending {
+  std::uint64_t hash = 0;
+  std::optional<double> predicted;
+  double cores = 1;
+};
+
+// Decides every request and applies the outcome. Called with the table lock
+// held (either mode) and every slot in `slots` resolved; takes the entries'
+// spinlocks itself. `order` is scratch for `count` slot numbers. No allocation:
+// result->verdicts is sized and result->holdings reserved by the caller.
+void DecideLocked(const TableView& table, const std::vector<AdmissionRequest>& requests,
+                  Pending* pending, std::int32_t* slots, std::int32_t* order, AttemptKind kind,
+                  std::int64_t wall_now_us, std::int64_t now_us, AdmitResult* result) {
+  using Action = BudgetVerdict::Action;
+  const std::size_t count = requests.size();
+
+  // The distinct entries, locked in ascending slot order.
+  std::size_t locked = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (slots[i] != kNoSlot && !Contains(order, locked, slots[i])) order[locked++] = slots[i];
+  }
+  std::sort(order, order + locked);
+  for (std::size_t k = 0; k < locked; ++k) SpinLock(&table.entries[order[k]].spin);
+
+  bool refused = false;
+  for (std::size_t i = 0; i < count; ++i) {
+    const AdmissionRequest& request = requests[i];
+    const Budget& budget = *request.budget;
+    // Untracked requests (table full of busy instances) are judged as if the
+    // instance held nothing: a limit the statement alone exceeds still holds.
+    Standing standing;
+    if (slots[i] != kNoSlot) {
+      BucketState& state = table.entries[slots[i]].state;
+      PrepareBucket(state, DrainRateOf(budget, pending[i].cores), now_us);
+      state.last_used_us = std::max(state.last_used_us, now_us);  // a refusal is a use too
+      standing.active = state.active;
+      standing.debt = state.debt;
+      for (std::size_t j = 0; j < i; ++j) {  // the same instance twice in one call
+        if (slots[j] != slots[i]) continue;
+        standing.active += requests[j].weight;
+        if (state.drain_per_second >= 0) standing.debt += pending[j].predicted.value_or(0.0);
+      }
+    }
+    result->verdicts[i] =
+        Decide(budget, standing, request.weight, pending[i].predicted, pending[i].cores);
+    refused = refused || result->verdicts[i].action == Action::kRefuse;
+  }
+
+  if (refused) {
+    result->may_wait = true;
+    result->queue_timeout_ms = std::numeric_limits<std::int64_t>::max();
+    for (std::size_t i = 0; i < count; ++i) {
+      if (result->verdicts[i].action != Action::kRefuse) continue;
+      if (CanWaitFor(requests[i], result->verdicts[i])) {
+        result->queue_timeout_ms =
+            std::min(result->queue_timeout_ms, requests[i].budget->queue_timeout_ms);
+      } else {
+        result->may_wait = false;
+      }
+    }
+    if (!result->may_wait) result->queue_timeout_ms = 0;
+    // A refusal is only "queued" when the caller really will wait and retry.
+    const bool queued = kind == AttemptKind::kWillWait && result->may_wait;
+    const bool still_waiting = kind == AttemptKind::kRetry && result->may_wait;
+    for (std::size_t i = 0; i < count && !still_waiting; ++i) {
+      if (result->verdicts[i].action != Action::kRefuse || slots[i] == kNoSlot) continue;
+      BucketState& state = table.entries[slots[i]].state;
+      if (queued) {
+        ++state.queued;
+      } else {
+        CountBlocked(state, result->verdicts[i].limit);
+        state.last_blocked_at_us = wall_now_us;
+      }
+    }
+  } else {
+    result->admitted = true;
+    for (std::size_t i = 0; i < count; ++i) {
+      const AdmissionRequest& request = requests[i];
+      if (slots[i] == kNoSlot) {
+        ++result->untracked;
+        result->holdings.push_back(
+            Holding{Holding::kUntrackedSlot, pending[i].hash, request.weight, 0});
+        continue;
+      }
+      BucketState& state = table.entries[slots[i]].state;
+      state.active += request.weight;
+      ++state.admitted;
+      if (result->verdicts[i].action == Action::kWarn) ++state.warned;
+      // Charged at once, so concurrent arrivals see each other's cost.
+      double charged = 0;
+      if (state.drain_per_second >= 0) charged = pending[i].predicted.value_or(0.0);
+      state.debt += charged;
+      result->holdings.push_back(
+          Holding{static_cast<std::uint32_t>(slots[i]), pending[i].hash, request.weight, charged});
+    }
+  }
+
+  for (std::size_t k = locked; k > 0; --k) SpinUnlock(&table.entries[order[k - 1]].spin);
 }
 
 }  // namespace
@@ -444,12 +795,11 @@ void BucketTable::Initialize(MemorySpan memory, std::uint32_t capacity) {
   header->index_offset = layout.index_offset;
   header->total_bytes = layout.total_bytes;
   header->waiters = 0;
-  header->idle_head = header->idle_tail = kNoSlot;
   header->free_head = capacity > 0 ? 0 : kNoSlot;
+  header->clock_hand = 0;
 
   const TableView table = ViewOf(memory);
   for (std::uint32_t slot = 0; slot < capacity; ++slot) {
-    table.entries[slot].prev = kNoSlot;
     table.entries[slot].next = slot + 1 < capacity ? static_cast<std::int32_t>(slot + 1) : kNoSlot;
   }
   std::fill(table.index, table.index + layout.index_size, kNoSlot);
@@ -472,7 +822,6 @@ std::uint32_t BucketTable::capacity() const {
 
 AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
                                std::int64_t wall_now_us) {
-  using Action = BudgetVerdict::Action;
   const std::size_t count = requests.size();
   AdmitResult result;
   if (count == 0) {
@@ -487,92 +836,68 @@ AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, At
   const TableView table = ViewOf(memory_);
   result.verdicts.resize(count);
   result.holdings.reserve(count);
-  std::vector<std::uint64_t> hashes(count);
-  std::vector<std::int32_t> slots(count, kNoSlot);
+  SmallArray<Pending, 4> pending(count, Pending{});
+  SmallArray<std::int32_t, 4> slots(count, kNoSlot);
+  SmallArray<std::int32_t, 4> order(count, kNoSlot);
   for (std::size_t i = 0; i < count; ++i) {
-    hashes[i] = KeyHash(table.header->hash_seed, requests[i].budget->name, requests[i].has_instance,
-                        requests[i].instance);
+    const AdmissionRequest& request = requests[i];
+    pending[i].hash = KeyHash(table.header->hash_seed, request.budget->name, request.has_instance,
+                              request.instance);
+    pending[i].predicted = UsablePrediction(request.predicted_seconds);
+    pending[i].cores = UsableCores(request.server_cores);
   }
   const std::int64_t now_us = clock_.NowMicros();
 
+  // The common case: every instance exists, so the shared lock suffices and
+  // backends only contend on the entries' spinlocks.
+  {
+    SharedGuard guard(lock_);
+    bool all_found = true;
+    for (std::size_t i = 0; i < count && all_found; ++i) {
+      slots[i] = Find(table, requests[i], pending[i].hash);
+      all_found = slots[i] != kNoSlot;
+    }
+    if (all_found) {
+      DecideLocked(table, requests, pending.data(), slots.data(), order.data(), kind, wall_now_us,
+                   now_us, &result);
+      return result;
+    }
+  }
+
+  // A new instance: the exclusive lock to create it (looked up again, as the
+  // table may have changed in between).
   ExclusiveGuard guard(lock_);
-  bool refused = false;
   for (std::size_t i = 0; i < count; ++i) {
-    const AdmissionRequest& request = requests[i];
-    slots[i] = FindOrCreate(table, request, hashes[i], now_us, slots.data(), i);
-    // Untracked requests (table full of busy instances) are judged as if the
-    // instance held nothing: a limit the statement alone exceeds still holds.
-    std::int64_t active = 0;
-    if (slots[i] != kNoSlot) {
-      active = table.entries[slots[i]].active;
-      for (std::size_t j = 0; j < i; ++j) {  // the same instance twice in one call
-        if (slots[j] == slots[i]) active += requests[j].weight;
-      }
-    }
-    result.verdicts[i] = DecideConcurrency(*request.budget, active, request.weight);
-    refused = refused || result.verdicts[i].action == Action::kRefuse;
+    slots[i] = FindOrCreate(table, requests[i], pending[i].hash, now_us, slots.data(), i);
   }
-
-  if (refused) {
-    result.may_wait = true;
-    result.queue_timeout_ms = std::numeric_limits<std::int64_t>::max();
-    for (std::size_t i = 0; i < count; ++i) {
-      if (result.verdicts[i].action != Action::kRefuse) continue;
-      if (CanWaitFor(requests[i], result.verdicts[i])) {
-        result.queue_timeout_ms =
-            std::min(result.queue_timeout_ms, requests[i].budget->queue_timeout_ms);
-      } else {
-        result.may_wait = false;
-      }
-    }
-    if (!result.may_wait) result.queue_timeout_ms = 0;
-    // A refusal is only "queued" when the caller really will wait and retry.
-    const bool queued = kind == AttemptKind::kWillWait && result.may_wait;
-    const bool still_waiting = kind == AttemptKind::kRetry && result.may_wait;
-    for (std::size_t i = 0; i < count; ++i) {
-      if (result.verdicts[i].action != Action::kRefuse || slots[i] == kNoSlot) continue;
-      BucketEntry& entry = table.entries[slots[i]];
-      if (still_waiting) continue;
-      if (queued) {
-        ++entry.queued;
-      } else {
-        CountBlocked(entry, result.verdicts[i].limit);
-        entry.last_blocked_at_us = wall_now_us;
-      }
-    }
-    return result;
-  }
-
-  result.admitted = true;
-  for (std::size_t i = 0; i < count; ++i) {
-    if (slots[i] == kNoSlot) {
-      ++result.untracked;
-      result.holdings.push_back(Holding{Holding::kUntrackedSlot, hashes[i], requests[i].weight});
-      continue;
-    }
-    BucketEntry& entry = table.entries[slots[i]];
-    entry.active += requests[i].weight;
-    ++entry.admitted;
-    if (result.verdicts[i].action == Action::kWarn) ++entry.warned;
-    Touch(table, slots[i], now_us);  // leaves the idle list once it holds something
-    result.holdings.push_back(
-        Holding{static_cast<std::uint32_t>(slots[i]), hashes[i], requests[i].weight});
-  }
+  DecideLocked(table, requests, pending.data(), slots.data(), order.data(), kind, wall_now_us,
+               now_us, &result);
   return result;
 }
 
-bool BucketTable::Release(const Holding& holding) {
+bool BucketTable::Release(const Holding& holding, std::optional<double> actual_seconds) {
   if (holding.slot == Holding::kUntrackedSlot || holding.slot >= capacity()) return false;
   const TableView table = ViewOf(memory_);
   const std::int64_t now_us = clock_.NowMicros();
   const auto slot = static_cast<std::int32_t>(holding.slot);
+  // A measurement that is not a number of seconds corrects nothing.
+  const bool correct = actual_seconds.has_value() && std::isfinite(*actual_seconds) &&
+                       *actual_seconds >= 0 && std::isfinite(holding.charged_seconds);
 
-  ExclusiveGuard guard(lock_);
+  SharedGuard guard(lock_);
   BucketEntry& entry = table.entries[slot];
   // A mismatch means the holding was released already and the entry reused.
   if (!entry.in_use || entry.key_hash != holding.key_hash) return false;
-  entry.active -= std::min<std::int64_t>(entry.active, holding.weight);
-  Touch(table, slot, now_us);
+  {
+    SpinGuard spin(entry);
+    BucketState& state = entry.state;
+    state.active -= std::min<std::int64_t>(state.active, holding.weight);
+    if (correct && state.drain_per_second >= 0) {
+      DrainTo(state, now_us);
+      state.debt = std::max(0.0, state.debt + (*actual_seconds - holding.charged_seconds));
+    }
+    state.last_used_us = std::max(state.last_used_us, now_us);
+  }
   return table.header->waiters > 0;
 }
 
@@ -588,13 +913,29 @@ void BucketTable::RemoveWaiter() {
   if (table.header->waiters > 0) --table.header->waiters;
 }
 
+namespace {
+
+// What Snapshot copies out of an entry.
+struct EntryCopy {
+  BucketState state;
+  std::uint16_t instance_bytes;
+  std::uint8_t budget_bytes;
+  std::uint8_t has_instance;
+  char budget[kBudgetNameCapacity];
+  char instance[kMaxInstanceDisplayBytes];
+};
+
+}  // namespace
+
 std::vector<BucketSnapshot> BucketTable::Snapshot() {
   const TableView table = ViewOf(memory_);
   const std::uint32_t slot_count = capacity();
-  // Copy raw entries under the shared lock into a vector reserved beforehand
-  // (sized from a first look at used_count; retried if the table grew), and
-  // build strings only after unlocking.
-  std::vector<BucketEntry> copies;
+  const std::int64_t now_us = clock_.NowMicros();
+  // Copy raw entries under the shared lock (each one's state under its
+  // spinlock) into a vector reserved beforehand (sized from a first look at
+  // used_count; retried if the table grew), and build strings only after
+  // unlocking.
+  std::vector<EntryCopy> copies;
   std::size_t expected = 0;
   {
     SharedGuard guard(lock_);
@@ -607,26 +948,40 @@ std::vector<BucketSnapshot> BucketTable::Snapshot() {
     expected = table.header->used_count;
     if (expected > copies.capacity()) continue;
     for (std::uint32_t slot = 0; slot < slot_count; ++slot) {
-      if (table.entries[slot].in_use) copies.push_back(table.entries[slot]);
+      BucketEntry& entry = table.entries[slot];
+      if (!entry.in_use) continue;
+      copies.emplace_back();
+      EntryCopy& copy = copies.back();
+      {
+        SpinGuard spin(entry);
+        copy.state = entry.state;
+      }
+      copy.instance_bytes = entry.instance_bytes;
+      copy.budget_bytes = entry.budget_bytes;
+      copy.has_instance = entry.has_instance;
+      std::memcpy(copy.budget, entry.budget, sizeof copy.budget);
+      std::memcpy(copy.instance, entry.instance, sizeof copy.instance);
     }
     break;
   }
 
   std::vector<BucketSnapshot> snapshots;
   snapshots.reserve(copies.size());
-  for (const BucketEntry& entry : copies) {
+  for (const EntryCopy& copy : copies) {
+    const BucketState& state = copy.state;
     BucketSnapshot snapshot;
-    snapshot.budget = std::string(StoredBudget(entry));
-    snapshot.instance = std::string(StoredInstance(entry));
-    snapshot.has_instance = entry.has_instance != 0;
-    snapshot.active = entry.active;
-    snapshot.admitted = entry.admitted;
-    snapshot.warned = entry.warned;
-    snapshot.blocked_max_concurrent = entry.blocked_max_concurrent;
-    snapshot.blocked_per_query_limit = entry.blocked_per_query_limit;
-    snapshot.blocked_server_share = entry.blocked_server_share;
-    snapshot.queued = entry.queued;
-    snapshot.last_blocked_at_us = entry.last_blocked_at_us;
+    snapshot.budget = std::string(copy.budget, copy.budget_bytes);
+    snapshot.instance = std::string(copy.instance, copy.instance_bytes);
+    snapshot.has_instance = copy.has_instance != 0;
+    snapshot.active = state.active;
+    snapshot.admitted = state.admitted;
+    snapshot.warned = state.warned;
+    snapshot.blocked_max_concurrent = state.blocked_max_concurrent;
+    snapshot.blocked_per_query_limit = state.blocked_per_query_limit;
+    snapshot.blocked_server_share = state.blocked_server_share;
+    snapshot.queued = state.queued;
+    snapshot.last_blocked_at_us = state.last_blocked_at_us;
+    snapshot.debt_seconds = DrainedDebt(state, now_us);
     snapshots.push_back(std::move(snapshot));
   }
   std::sort(snapshots.begin(), snapshots.end(),
@@ -643,37 +998,32 @@ void BucketTable::ResetCounters() {
   const std::uint32_t slot_count = capacity();
   ExclusiveGuard guard(lock_);
   for (std::uint32_t slot = 0; slot < slot_count; ++slot) {
-    BucketEntry& entry = table.entries[slot];
+    BucketState& state = table.entries[slot].state;
     // Counters only: active and debt are live state, not statistics.
-    entry.admitted = entry.warned = entry.queued = 0;
-    entry.blocked_max_concurrent = entry.blocked_per_query_limit = entry.blocked_server_share = 0;
-    entry.last_blocked_at_us = 0;
+    state.admitted = state.warned = state.queued = 0;
+    state.blocked_max_concurrent = state.blocked_per_query_limit = state.blocked_server_share = 0;
+    state.last_blocked_at_us = 0;
   }
 }
 
 std::string BucketTable::ConsistencyProblem() {
   const TableView table = ViewOf(memory_);
   const std::uint32_t slot_count = capacity();
-  SharedGuard guard(lock_);
+  ExclusiveGuard guard(lock_);  // reads entries' state without their spinlocks
   const TableHeader& header = *table.header;
-  std::uint32_t used = 0, idle = 0, indexed = 0, free_entries = 0;
+  std::uint32_t used = 0, indexed = 0, free_entries = 0;
   for (std::uint32_t slot = 0; slot < slot_count; ++slot) {
     const BucketEntry& entry = table.entries[slot];
+    if (entry.spin != 0) return "spinlock held in slot " + std::to_string(slot);
     if (!entry.in_use) continue;
     ++used;
-    if (entry.active < 0) return "negative active in slot " + std::to_string(slot);
-    if ((entry.active == 0) != (entry.on_idle_list != 0)) {
-      return "idle list membership wrong for slot " + std::to_string(slot);
+    if (entry.state.active < 0) return "negative active in slot " + std::to_string(slot);
+    if (!(entry.state.debt >= 0) || !std::isfinite(entry.state.debt)) {
+      return "bad debt in slot " + std::to_string(slot);
     }
   }
   if (used != header.used_count) return "used_count mismatch";
-  for (std::int32_t slot = header.idle_head, prev = kNoSlot; slot != kNoSlot;
-       prev = slot, slot = table.entries[slot].next) {
-    const BucketEntry& entry = table.entries[slot];
-    if (++idle > slot_count) return "idle list loops";
-    if (!entry.in_use || !entry.on_idle_list || entry.prev != prev) return "idle list broken";
-    if (entry.next == kNoSlot && header.idle_tail != slot) return "idle tail wrong";
-  }
+  if (slot_count > 0 && header.clock_hand >= slot_count) return "clock hand out of range";
   for (std::int32_t slot = header.free_head; slot != kNoSlot; slot = table.entries[slot].next) {
     if (++free_entries > slot_count) return "free list loops";
     if (table.entries[slot].in_use) return "used entry on free list";

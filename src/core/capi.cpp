@@ -14,6 +14,7 @@
 #include "traffic_control/admission.hpp"
 #include "traffic_control/bucket_table.hpp"
 #include "traffic_control/config.hpp"
+#include "traffic_control/estimator.hpp"
 #include "traffic_control/ruleset.hpp"
 
 namespace {
@@ -55,9 +56,11 @@ class ShimLock final : public tc::TableLock {
 
 struct BackendState {
   tc::AdmissionController controller;
-  std::unique_ptr<ShimLock> lock;
+  std::unique_ptr<ShimLock> bucket_lock;
+  std::unique_ptr<ShimLock> pattern_lock;
   tc::SteadyClock clock;
   std::unique_ptr<tc::BucketTable> table;
+  std::unique_ptr<tc::PatternTable> patterns;
   // Storage behind the pointers handed out by tc_admit.
   tc::Decision decision;
   std::vector<tc_report> notices;
@@ -120,28 +123,57 @@ bool tc_load_config(const char* budgets_json, const char* rules_json, tc_report_
 
 bool tc_config_empty(void) { return State().controller.empty(); }
 
-size_t tc_table_size(int capacity) {
-  return capacity > 0 ? tc::BucketTable::RequiredBytes(static_cast<std::uint32_t>(capacity)) : 0;
+namespace {
+
+std::size_t AlignUp(std::size_t size) { return (size + 63) & ~static_cast<std::size_t>(63); }
+
+std::size_t BucketBytes(int max_buckets) {
+  return AlignUp(tc::BucketTable::RequiredBytes(static_cast<std::uint32_t>(max_buckets)));
 }
 
-bool tc_table_format(void* memory, size_t size, int capacity) {
+}  // namespace
+
+size_t tc_shared_size(int max_buckets, int max_patterns) {
+  size_t size = 0;
+  const bool ok = Guarded([&] {
+    if (max_buckets <= 0 || max_patterns <= 0) return false;
+    size = BucketBytes(max_buckets) +
+           tc::PatternTable::RequiredBytes(static_cast<std::uint32_t>(max_patterns));
+    return true;
+  });
+  return ok ? size : 0;
+}
+
+bool tc_shared_format(void* memory, size_t size, int max_buckets, int max_patterns) {
   return Guarded([&] {
-    if (capacity <= 0 || size < tc_table_size(capacity)) {
-      last_error = "traffic_control: shared memory too small for the bucket table";
+    if (size == 0 || size < tc_shared_size(max_buckets, max_patterns)) {
+      last_error = "traffic_control: shared memory too small";
       return false;
     }
-    tc::BucketTable::Initialize(tc::MemorySpan{memory, size}, static_cast<std::uint32_t>(capacity));
+    const std::size_t bucket_bytes = BucketBytes(max_buckets);
+    tc::BucketTable::Initialize(tc::MemorySpan{memory, bucket_bytes},
+                                static_cast<std::uint32_t>(max_buckets));
+    tc::PatternTable::Initialize(
+        tc::MemorySpan{static_cast<char*>(memory) + bucket_bytes, size - bucket_bytes},
+        static_cast<std::uint32_t>(max_patterns));
     return true;
   });
 }
 
-bool tc_table_attach(void* memory, size_t size, const tc_lock_ops* lock_ops) {
+bool tc_attach(void* memory, size_t size, int max_buckets, int /*max_patterns*/,
+               const tc_lock_ops* bucket_lock, const tc_lock_ops* pattern_lock) {
   return Guarded([&] {
     BackendState& state = State();
-    state.lock = std::make_unique<ShimLock>(*lock_ops);
-    state.table =
-        std::make_unique<tc::BucketTable>(tc::MemorySpan{memory, size}, *state.lock, state.clock);
+    const std::size_t bucket_bytes = BucketBytes(max_buckets);
+    state.bucket_lock = std::make_unique<ShimLock>(*bucket_lock);
+    state.pattern_lock = std::make_unique<ShimLock>(*pattern_lock);
+    state.table = std::make_unique<tc::BucketTable>(tc::MemorySpan{memory, bucket_bytes},
+                                                    *state.bucket_lock, state.clock);
+    state.patterns = std::make_unique<tc::PatternTable>(
+        tc::MemorySpan{static_cast<char*>(memory) + bucket_bytes, size - bucket_bytes},
+        *state.pattern_lock, state.clock);
     state.controller.AttachTable(state.table.get());
+    state.controller.AttachPatterns(state.patterns.get());
     return true;
   });
 }
@@ -160,6 +192,7 @@ bool tc_admit(const tc_statement* statement, tc_attempt attempt, tc_admission* o
     if (statement->has_query_id) info.query_id = statement->query_id;
     info.parallel_workers = statement->parallel_workers;
     info.plan_cost = statement->plan_cost;
+    info.server_cores = statement->server_cores;
     info.wall_now_us = statement->wall_now_us;
     info.message_prefix = statement->message_prefix ? statement->message_prefix : "";
 
@@ -188,13 +221,17 @@ bool tc_admit(const tc_statement* statement, tc_attempt attempt, tc_admission* o
     out->notice_count = static_cast<int>(state.notices.size());
     out->notices = state.notices.empty() ? nullptr : state.notices.data();
     out->holding = decision.holding;
+    out->measure_cpu = decision.measure_cpu;
+    out->predicted_seconds = decision.predicted_seconds ? *decision.predicted_seconds : -1;
     return true;
   });
 }
 
-bool tc_release(int64_t holding, bool* wake) {
+bool tc_release(int64_t holding, double cpu_seconds, bool completed, bool* wake) {
   return Guarded([&] {
-    *wake = State().controller.Release(holding);
+    std::optional<double> measured;
+    if (cpu_seconds >= 0) measured = cpu_seconds;
+    *wake = State().controller.Release(holding, measured, completed);
     return true;
   });
 }

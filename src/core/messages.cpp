@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <string>
 
 namespace tc {
 
@@ -58,7 +59,11 @@ Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict
   }
   report.detail += ".";
 
-  if (refused && verdict.limit == Limit::kMaxConcurrent && verdict.limit_value > 0) {
+  if (refused && verdict.retry_after_ms >= 0) {
+    // The time until the bucket has drained enough for this statement, if
+    // nothing else is charged meanwhile (clients add jitter: see docs).
+    report.hint = "retry after " + std::to_string(verdict.retry_after_ms) + " ms";
+  } else if (refused && verdict.limit == Limit::kMaxConcurrent && verdict.limit_value > 0) {
     if (context.budget->queue_timeout_ms > 0) {
       report.hint = "No slot became free within queue_timeout_ms = " +
                     std::to_string(context.budget->queue_timeout_ms) +

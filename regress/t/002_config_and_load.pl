@@ -1,0 +1,174 @@
+# traffic_control: configuration reloads and loading.
+#
+# - A bad traffic_control.budgets written to postgresql.conf and reloaded is
+#   rejected: the last good configuration stays in force (the budget still
+#   refuses) and the server log names the item and the field.
+# - LOAD 'traffic_control' in a server that did not preload it fails.
+#
+# Every wait is bounded (30 s).
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+my $wait_seconds = 30;
+my $tagged = q{SELECT 'admitted' /*test='one'*/};
+my $refusal = qr/query blocked by budget "tap_one": max_concurrent exceeded/;
+my $good_budgets =
+  q{[{"name":"tap_one","mode":"enforce","max_concurrent":1}]};
+
+# ---- a bad value in a reloaded postgresql.conf keeps the last good one ------
+my $node = PostgreSQL::Test::Cluster->new('main');
+$node->init;
+$node->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'traffic_control'
+traffic_control.budgets = '$good_budgets'
+traffic_control.rules = '[{"name":"tap_one","budget":"tap_one","match":{"test":"one"}}]'
+});
+$node->start;
+
+# Runs the tagged statement in a session: ('admitted' | 'refused' | other).
+sub outcome
+{
+	my ($ret, $stdout, $stderr) = @_;
+	return 'admitted' if $ret == 0 && $stdout eq 'admitted';
+	return 'refused' if $stderr =~ $refusal;
+	return "unexpected: ret=$ret stdout=$stdout stderr=$stderr";
+}
+
+sub try_tagged
+{
+	return outcome($node->psql('postgres', $tagged, timeout => $wait_seconds));
+}
+
+sub try_tagged_in
+{
+	my ($session) = @_;
+	$session->{stderr} = '';    # query() keeps the stderr of earlier queries
+	my ($stdout, $failed) = $session->query($tagged);
+	return outcome($failed ? 1 : 0, $stdout, $session->{stderr});
+}
+
+# Polls the server log (from byte $offset) for $regexp.
+sub wait_for_log
+{
+	my ($regexp, $offset) = @_;
+	my $deadline = time() + $wait_seconds;
+	while (time() < $deadline)
+	{
+		return 1 if slurp_file($node->logfile, $offset) =~ $regexp;
+		usleep(100_000);
+	}
+	diag "timed out waiting for $regexp in the server log";
+	return 0;
+}
+
+# Polls until a new session's tagged statement has outcome $expected.
+sub wait_for_outcome
+{
+	my ($expected) = @_;
+	my $deadline = time() + $wait_seconds;
+	my $last = '';
+	while (time() < $deadline)
+	{
+		$last = try_tagged();
+		return 1 if $last eq $expected;
+		usleep(100_000);
+	}
+	diag "tagged statement: expected $expected, last $last";
+	return 0;
+}
+
+# One session holds the only slot with an open cursor; another session,
+# connected before the reload, checks the configuration it sees afterwards.
+# Background psql sessions: the $wait_seconds timer restarts with every query.
+sub start_session
+{
+	my $session = $node->background_psql('postgres',
+		on_error_stop => 0, timeout => $wait_seconds);
+	$session->set_query_timer_restart;
+	return $session;
+}
+
+sub end_session
+{
+	my ($session) = @_;
+	$session->{timeout}->start;
+	$session->quit;
+}
+
+my $holder = start_session();
+$holder->query_safe(
+	"BEGIN; DECLARE c CURSOR FOR SELECT g FROM generate_series(1, 10) g /*test='one'*/; FETCH 1 FROM c;"
+);
+my $old_session = start_session();
+is(try_tagged(), 'refused', 'good config: the held slot refuses another session');
+is(try_tagged_in($old_session), 'refused', 'good config: also in an open session');
+
+# The bad value would admit everything if it were applied (mode off); its
+# max_concurrent is invalid.
+my $log_offset = -s $node->logfile;
+$node->append_conf('postgresql.conf',
+	q{traffic_control.budgets = '[{"name":"tap_one","mode":"off","max_concurrent":-1}]'}
+	  . "\n");
+$node->reload;
+ok( wait_for_log(
+		qr/configuration file ".*" contains errors/,
+		$log_offset),
+	'bad config: the reload reports errors');
+my $log = slurp_file($node->logfile, $log_offset);
+like(
+	$log,
+	qr/invalid value for parameter "traffic_control\.budgets"/,
+	'bad config: the log names the parameter');
+like($log, qr/budgets\[0\]\.max_concurrent/,
+	'bad config: the log names the item and the field');
+
+is($node->safe_psql('postgres', 'SHOW traffic_control.budgets'),
+	$good_budgets, 'bad config: the last good value is kept');
+is(try_tagged(), 'refused', 'bad config: a new session is still refused');
+is(try_tagged_in($old_session), 'refused',
+	'bad config: an open session is still refused');
+
+# A good value reloaded afterwards is applied: max_concurrent 2 admits a
+# second statement.
+$node->append_conf('postgresql.conf',
+	q{traffic_control.budgets = '[{"name":"tap_one","mode":"enforce","max_concurrent":2}]'}
+	  . "\n");
+$node->reload;
+ok(wait_for_outcome('admitted'), 'good config again: applied after the bad one');
+my $deadline = time() + $wait_seconds;
+my $seen = '';
+while (time() < $deadline)
+{
+	$seen = try_tagged_in($old_session);
+	last if $seen eq 'admitted';
+	usleep(100_000);
+}
+is($seen, 'admitted', 'good config again: the open session applies it too');
+
+$holder->query_safe('COMMIT');
+end_session($holder);
+end_session($old_session);
+$node->stop;
+
+# ---- LOAD without shared_preload_libraries ----------------------------------
+my $plain = PostgreSQL::Test::Cluster->new('plain');
+$plain->init;
+$plain->start;
+my ($ret, $stdout, $stderr) =
+  $plain->psql('postgres', q{LOAD 'traffic_control'}, timeout => $wait_seconds);
+isnt($ret, 0, 'LOAD without preloading fails');
+like(
+	$stderr,
+	qr/traffic_control must be loaded via shared_preload_libraries/,
+	'LOAD without preloading: the error says how to load it');
+is($plain->safe_psql('postgres', 'SELECT 1'), '1',
+	'LOAD without preloading: the server keeps working');
+$plain->stop;
+
+done_testing();

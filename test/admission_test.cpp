@@ -1,0 +1,224 @@
+// The whole decision in the core: statement -> metadata -> rules -> budgets ->
+// verdicts -> messages, with the shared tables on heap memory.
+#include "traffic_control/admission.hpp"
+
+#include <gtest/gtest.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "traffic_control/config.hpp"
+
+namespace tc {
+namespace {
+
+class MutexLock final : public TableLock {
+ public:
+  void LockExclusive() override { mutex_.lock(); }
+  void LockShared() override { mutex_.lock(); }
+  void Unlock() override { mutex_.unlock(); }
+
+ private:
+  std::mutex mutex_;
+};
+
+class FakeClock final : public Clock {
+ public:
+  std::int64_t NowMicros() override { return now_us; }
+  std::int64_t now_us = 1'000'000;
+};
+
+class AdmissionTest : public ::testing::Test {
+ protected:
+  void Configure(const std::string& budgets_json, const std::string& rules_json) {
+    std::vector<Budget> budgets;
+    std::vector<Rule> rules;
+    std::string error;
+    ASSERT_TRUE(ParseBudgets(budgets_json, &budgets, &error)) << error;
+    ASSERT_TRUE(ParseRules(rules_json, &rules, &error)) << error;
+    std::vector<RuleProblem> problems;
+    controller_.SetRuleSet(RuleSet(std::move(budgets), std::move(rules), &problems));
+    ASSERT_TRUE(problems.empty());
+
+    bucket_memory_.assign(BucketTable::RequiredBytes(64) / 8 + 1, 0);
+    pattern_memory_.assign(PatternTable::RequiredBytes(64) / 8 + 1, 0);
+    const MemorySpan buckets{bucket_memory_.data(), bucket_memory_.size() * 8};
+    const MemorySpan patterns{pattern_memory_.data(), pattern_memory_.size() * 8};
+    BucketTable::Initialize(buckets, 64);
+    PatternTable::Initialize(patterns, 64);
+    table_ = std::make_unique<BucketTable>(buckets, bucket_lock_, clock_);
+    patterns_ = std::make_unique<PatternTable>(patterns, pattern_lock_, clock_);
+    controller_.AttachTable(table_.get());
+    controller_.AttachPatterns(patterns_.get());
+  }
+
+  StatementInfo Statement(std::string_view text) {
+    StatementInfo statement;
+    statement.text = text;
+    statement.username = "app";
+    statement.application_name = "web";
+    statement.database = "shop";
+    statement.command = "select";
+    statement.query_id = 42;
+    statement.plan_cost = 100;
+    statement.server_cores = 4;
+    statement.message_prefix = "[PGINSIGHTS] Traffic Control:";
+    return statement;
+  }
+
+  MutexLock bucket_lock_, pattern_lock_;
+  FakeClock clock_;
+  std::vector<std::uint64_t> bucket_memory_, pattern_memory_;
+  std::unique_ptr<BucketTable> table_;
+  std::unique_ptr<PatternTable> patterns_;
+  AdmissionController controller_;
+};
+
+TEST_F(AdmissionTest, EmptyRuleSetAdmitsWithoutHolding) {
+  Configure("[]", "[]");
+  EXPECT_TRUE(controller_.empty());
+  const Decision decision = controller_.Admit(Statement("SELECT 1"), AttemptKind::kFinal);
+  EXPECT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(decision.holding, 0);
+}
+
+TEST_F(AdmissionTest, UnmatchedStatementHoldsNothing) {
+  Configure(R"([{"name":"b","mode":"enforce","max_concurrent":0}])",
+            R"([{"budget":"b","match":{"route":"export"}}])");
+  const Decision decision =
+      controller_.Admit(Statement("SELECT 1 /*route='checkout'*/"), AttemptKind::kFinal);
+  EXPECT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(decision.holding, 0);
+  EXPECT_TRUE(table_->Snapshot().empty());
+}
+
+TEST_F(AdmissionTest, RefusesAtTheLimitAndAdmitsAfterRelease) {
+  Configure(R"([{"name":"best-effort","mode":"enforce","max_concurrent":1}])",
+            R"([{"name":"export","budget":"best-effort","match":{"route":"/api/export"}}])");
+  const auto statement = Statement("SELECT 1 /*route='%2Fapi%2Fexport'*/;");
+  const Decision first = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(first.outcome, Decision::Outcome::kAdmitted);
+  ASSERT_NE(first.holding, 0);
+
+  const Decision second = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(second.outcome, Decision::Outcome::kRefused);
+  EXPECT_EQ(second.refusal.message,
+            "[PGINSIGHTS] Traffic Control: query blocked by budget \"best-effort\": "
+            "max_concurrent exceeded");
+  EXPECT_NE(second.refusal.detail.find("Rule \"export\""), std::string::npos);
+  EXPECT_NE(second.refusal.detail.find("limit max_concurrent = 1"), std::string::npos);
+  EXPECT_EQ(second.holding, 0);
+
+  controller_.Release(first.holding);
+  // A second release of the same holding is ignored: exactly once.
+  controller_.Release(first.holding);
+  EXPECT_EQ(controller_.Admit(statement, AttemptKind::kFinal).outcome,
+            Decision::Outcome::kAdmitted);
+  controller_.ReleaseAll();
+  for (const BucketSnapshot& bucket : table_->Snapshot()) EXPECT_EQ(bucket.active, 0);
+}
+
+TEST_F(AdmissionTest, WarnModeRunsWithANotice) {
+  Configure(R"([{"name":"watch","mode":"warn","max_concurrent":0}])",
+            R"([{"name":"reports","budget":"watch","match":{"route":"/reports"}}])");
+  const Decision decision =
+      controller_.Admit(Statement("SELECT 1 /*route='/reports'*/"), AttemptKind::kFinal);
+  ASSERT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+  ASSERT_EQ(decision.notices.size(), 1u);
+  EXPECT_EQ(decision.notices[0].message,
+            "[PGINSIGHTS] Traffic Control: query would be blocked by budget \"watch\": "
+            "max_concurrent exceeded");
+  controller_.ReleaseAll();
+}
+
+TEST_F(AdmissionTest, ATagCannotSetABuiltin) {
+  Configure(R"([{"name":"b","mode":"enforce","max_concurrent":0}])",
+            R"([{"budget":"b","match":{"username":"postgres"}}])");
+  EXPECT_EQ(controller_.Admit(Statement("SELECT 1 /*username='postgres'*/"), AttemptKind::kFinal)
+                .outcome,
+            Decision::Outcome::kAdmitted);
+  auto as_postgres = Statement("SELECT 1");
+  as_postgres.username = "postgres";
+  EXPECT_EQ(controller_.Admit(as_postgres, AttemptKind::kFinal).outcome,
+            Decision::Outcome::kRefused);
+  controller_.ReleaseAll();
+}
+
+TEST_F(AdmissionTest, AllMatchingBudgetsMustPass) {
+  Configure(R"([{"name":"loose","mode":"enforce","max_concurrent":10},
+                {"name":"tight","mode":"enforce","max_concurrent":1}])",
+            R"([{"budget":"loose","match":{"app":"web"}},
+                {"budget":"tight","match":{"tier":"free"}}])");
+  const auto statement = Statement("SELECT 1 /*app='web',tier='free'*/");
+  const Decision first = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(first.outcome, Decision::Outcome::kAdmitted);
+  const Decision second = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(second.outcome, Decision::Outcome::kRefused);
+  EXPECT_NE(second.refusal.message.find("\"tight\""), std::string::npos);
+  // The refused statement took nothing from "loose".
+  for (const BucketSnapshot& bucket : table_->Snapshot()) {
+    EXPECT_EQ(bucket.active, 1) << bucket.budget;
+  }
+  controller_.ReleaseAll();
+}
+
+TEST_F(AdmissionTest, QueueBudgetAsksToWaitThenRefusesOnTheFinalAttempt) {
+  Configure(R"([{"name":"q","mode":"enforce","max_concurrent":1,"queue_timeout_ms":50}])",
+            R"([{"budget":"q","match":{"route":"q"}}])");
+  const auto statement = Statement("SELECT 1 /*route='q'*/");
+  const Decision holder = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(holder.outcome, Decision::Outcome::kAdmitted);
+  const Decision waiting = controller_.Admit(statement, AttemptKind::kWillWait);
+  EXPECT_EQ(waiting.outcome, Decision::Outcome::kMustWait);
+  EXPECT_EQ(waiting.queue_timeout_ms, 50);
+  const Decision final_attempt = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(final_attempt.outcome, Decision::Outcome::kRefused);
+  EXPECT_NE(final_attempt.refusal.hint.find("queue_timeout_ms = 50"), std::string::npos);
+  const std::vector<BucketSnapshot> buckets = table_->Snapshot();
+  ASSERT_EQ(buckets.size(), 1u);
+  EXPECT_EQ(buckets[0].queued, 1u);
+  EXPECT_EQ(buckets[0].blocked_max_concurrent, 1u);
+  controller_.ReleaseAll();
+}
+
+TEST_F(AdmissionTest, LearnsThePatternThenRefusesAnExpensiveOneBeforeItRuns) {
+  // per_query_limit 0.5 s of a 4-core server = 2 CPU-seconds.
+  Configure(R"([{"name":"critical","mode":"enforce","per_query_limit":0.5}])",
+            R"([{"budget":"critical","match":{"priority":"critical"}}])");
+  auto statement = Statement("SELECT * FROM big /*priority='critical'*/");
+  // Nothing known yet: the prediction is unknown and the statement runs.
+  Decision first = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(first.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_TRUE(first.measure_cpu);
+  EXPECT_FALSE(first.predicted_seconds.has_value());
+  // It really used 3 CPU-seconds for a plan cost of 100: k = 0.03.
+  controller_.Release(first.holding, 3.0, /*completed=*/true);
+
+  const Decision second = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(second.outcome, Decision::Outcome::kRefused);
+  ASSERT_TRUE(second.predicted_seconds.has_value());
+  EXPECT_NEAR(*second.predicted_seconds, 3.0, 1e-9);
+  EXPECT_EQ(second.refusal.message,
+            "[PGINSIGHTS] Traffic Control: query blocked by budget \"critical\": "
+            "per_query_limit exceeded");
+  EXPECT_NE(second.refusal.detail.find("predicted cost 3 s"), std::string::npos);
+
+  // The same pattern with a plan 10x cheaper is predicted at 0.3 s and runs.
+  statement.plan_cost = 10;
+  const Decision cheap = controller_.Admit(statement, AttemptKind::kFinal);
+  EXPECT_EQ(cheap.outcome, Decision::Outcome::kAdmitted);
+  controller_.ReleaseAll();
+}
+
+TEST_F(AdmissionTest, AnInterruptedStatementDoesNotTeachTheEstimator) {
+  Configure(R"([{"name":"critical","mode":"enforce","per_query_limit":0.5}])",
+            R"([{"budget":"critical","match":{"priority":"critical"}}])");
+  const auto statement = Statement("SELECT * FROM big /*priority='critical'*/");
+  const Decision first = controller_.Admit(statement, AttemptKind::kFinal);
+  controller_.Release(first.holding, 0.001, /*completed=*/false);
+  EXPECT_TRUE(patterns_->Snapshot().empty());
+}
+
+}  // namespace
+}  // namespace tc
