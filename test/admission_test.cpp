@@ -135,9 +135,9 @@ TEST_F(AdmissionTest, WarnModeRunsWithANotice) {
 TEST_F(AdmissionTest, ATagCannotSetABuiltin) {
   Configure(R"([{"name":"b","mode":"enforce","max_concurrent":0}])",
             R"([{"budget":"b","match":{"username":"postgres"}}])");
-  EXPECT_EQ(controller_.Admit(Statement("SELECT 1 /*username='postgres'*/"), AttemptKind::kFinal)
-                .outcome,
-            Decision::Outcome::kAdmitted);
+  EXPECT_EQ(
+      controller_.Admit(Statement("SELECT 1 /*username='postgres'*/"), AttemptKind::kFinal).outcome,
+      Decision::Outcome::kAdmitted);
   auto as_postgres = Statement("SELECT 1");
   as_postgres.username = "postgres";
   EXPECT_EQ(controller_.Admit(as_postgres, AttemptKind::kFinal).outcome,
@@ -202,7 +202,7 @@ TEST_F(AdmissionTest, LearnsThePatternThenRefusesAnExpensiveOneBeforeItRuns) {
   EXPECT_EQ(second.refusal.message,
             "[PGINSIGHTS] Traffic Control: query blocked by budget \"critical\": "
             "per_query_limit exceeded");
-  EXPECT_NE(second.refusal.detail.find("predicted cost 3 s"), std::string::npos);
+  EXPECT_NE(second.refusal.detail.find("predicted cost 3 CPU-s"), std::string::npos);
 
   // The same pattern with a plan 10x cheaper is predicted at 0.3 s and runs.
   statement.plan_cost = 10;

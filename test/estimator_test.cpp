@@ -213,6 +213,24 @@ TEST(PatternTable, UnseenPatternsUseTheGlobalK) {
   EXPECT_EQ(h.table.Predict(555, -1.0), std::nullopt);
 }
 
+TEST(PatternTable, TheGlobalKSamplesEachPattern) {
+  Harness h;
+  static_assert(PatternTable::kGlobalSampleEvery == 8);
+  for (int i = 0; i < 8; ++i) h.table.Record(1, 100.0, 0.1);  // all taken: k 0.001
+  EXPECT_DOUBLE_EQ(*PatternTableTestPeer::GlobalK(h.table), 0.001);
+  for (int i = 9; i <= 15; ++i) h.table.Record(1, 100.0, 1.0);  // samples 9-15: skipped
+  EXPECT_DOUBLE_EQ(*PatternTableTestPeer::GlobalK(h.table), 0.001);
+  h.table.Record(1, 100.0, 1.0);  // the 16th is taken
+  EXPECT_DOUBLE_EQ(*PatternTableTestPeer::GlobalK(h.table), (0.1 + 0.05 * 0.9) / 100.0);
+  // Every first sample of another pattern is taken, and every sample without
+  // a query id.
+  h.table.Record(2, 100.0, 1.0);
+  h.table.Record(0, 100.0, 1.0);
+  EXPECT_GT(*PatternTableTestPeer::GlobalK(h.table), (0.1 + 0.05 * 0.9) / 100.0 + 0.0001);
+  // The pattern's own k saw every sample.
+  EXPECT_GT(FindPattern(h.table.Snapshot(), 1)->k, 0.008);
+}
+
 TEST(PatternTable, UtilityStatementsArePredictedAsTheirPatternsMeanCpu) {
   Harness h;
   h.table.Record(5, -1.0, 3.0);  // a utility statement: no plan cost

@@ -79,7 +79,7 @@ TEST(Messages, MaxConcurrentRefusedAfterQueueing) {
       FormatVerdict(Context(budget, "reports-rule", 0.25),
                     Verdict(Action::kRefuse, Limit::kMaxConcurrent, 2, 3, 150), true);
   EXPECT_EQ(report.detail,
-            "Rule \"reports-rule\", predicted cost 0.25 s, limit max_concurrent = 2, level 3 "
+            "Rule \"reports-rule\", predicted cost 0.25 CPU-s, limit max_concurrent = 2, level 3 "
             "running with this statement (150% of the limit), mode enforce.");
   EXPECT_EQ(report.hint,
             "No slot became free within queue_timeout_ms = 250; retry when fewer statements of "
@@ -128,9 +128,10 @@ TEST(Messages, PerQueryLimitRefusedForAnEachInstance) {
   EXPECT_EQ(report.message,
             "[PGINSIGHTS] Traffic Control: query blocked by budget \"tenant-share\": "
             "per_query_limit exceeded");
-  EXPECT_EQ(report.detail,
-            "Rule \"per-tenant\" for tenant = \"acme\", predicted cost 12.5 s, limit "
-            "per_query_limit = 8, level 12.5 (156% of the limit), mode enforce.");
+  EXPECT_EQ(
+      report.detail,
+      "Rule \"per-tenant\" for tenant = \"acme\", predicted cost 12.5 CPU-s, limit per_query_limit "
+      "= 2 s of full-server use (8 CPU-s), level 12.5 CPU-s (156% of the limit), mode enforce.");
   EXPECT_EQ(report.hint, "");  // the same statement will be refused again
 }
 
@@ -144,8 +145,8 @@ TEST(Messages, PerQueryLimitWarned) {
             "[PGINSIGHTS] Traffic Control: query would be blocked by budget \"heavy\": "
             "per_query_limit exceeded");
   EXPECT_EQ(report.detail,
-            "Rule \"exports\", predicted cost 3 s, limit per_query_limit = 2, level 3 (150% of "
-            "the limit), mode warn.");
+            "Rule \"exports\", predicted cost 3 CPU-s, limit per_query_limit = 1 s of full-server "
+            "use (2 CPU-s), level 3 CPU-s (150% of the limit), mode warn.");
   EXPECT_EQ(report.hint, "");
 }
 
@@ -159,9 +160,10 @@ TEST(Messages, PerQueryLimitWarningThreshold) {
   EXPECT_EQ(report.message,
             "[PGINSIGHTS] Traffic Control: query would be blocked by budget \"heavy\": "
             "per_query_limit exceeded");
-  EXPECT_EQ(report.detail,
-            "Rule \"exports\", predicted cost 1.6 s, limit per_query_limit = 2, level 1.6 (80% of "
-            "the limit), mode enforce, warning_threshold 80%.");
+  EXPECT_EQ(
+      report.detail,
+      "Rule \"exports\", predicted cost 1.6 CPU-s, limit per_query_limit = 2 s of full-server use "
+      "(2 CPU-s), level 1.6 CPU-s (80% of the limit), mode enforce, warning_threshold 80%.");
   EXPECT_EQ(report.hint, "");
 }
 
@@ -172,9 +174,10 @@ TEST(Messages, PerQueryLimitZero) {
                                       Verdict(Action::kRefuse, Limit::kPerQueryLimit, 0, 0.001,
                                               std::numeric_limits<double>::infinity()),
                                       true);
-  EXPECT_EQ(report.detail,
-            "Rule \"r\", predicted cost 0.001 s, limit per_query_limit = 0, level 0.001 (a limit "
-            "of 0 sheds all of this budget's traffic), mode enforce.");
+  EXPECT_EQ(
+      report.detail,
+      "Rule \"r\", predicted cost 0.001 CPU-s, limit per_query_limit = 0 s of full-server use (0 "
+      "CPU-s), level 0.001 CPU-s (a limit of 0 sheds all of this budget's traffic), mode enforce.");
   EXPECT_EQ(report.hint, "");
 }
 
@@ -189,8 +192,9 @@ TEST(Messages, ServerShareRefusedWithRetryHint) {
             "[PGINSIGHTS] Traffic Control: query blocked by budget \"best-effort\": server_share "
             "exceeded");
   EXPECT_EQ(report.detail,
-            "Rule \"export-free\", predicted cost 0.5 s, limit server_share = 2, level 2.5 (125% "
-            "of the limit), mode enforce.");
+            "Rule \"export-free\", predicted cost 0.5 CPU-s, limit server_share = 25% with "
+            "burst_limit = 2 s (a bucket of 2 CPU-s), level 2.5 CPU-s of debt with this statement "
+            "(125% of the limit), mode enforce.");
   EXPECT_EQ(report.hint, "retry after 2000 ms");
 }
 
@@ -215,8 +219,9 @@ TEST(Messages, ServerShareRefusedWithoutAPredictableRetry) {
       FormatVerdict(Context(budget, "export-free", 3),
                     Verdict(Action::kRefuse, Limit::kServerShare, 1, 3, 300, -1), true);
   EXPECT_EQ(report.detail,
-            "Rule \"export-free\", predicted cost 3 s, limit server_share = 1, level 3 (300% of "
-            "the limit), mode enforce.");
+            "Rule \"export-free\", predicted cost 3 CPU-s, limit server_share = 25% with "
+            "burst_limit = 1 s (a bucket of 1 CPU-s), level 3 CPU-s of debt with this statement "
+            "(300% of the limit), mode enforce.");
   EXPECT_EQ(report.hint, "");
 }
 
@@ -231,8 +236,8 @@ TEST(Messages, ServerShareZero) {
             "[PGINSIGHTS] Traffic Control: query blocked by budget \"blackhole\": server_share "
             "exceeded");
   EXPECT_EQ(report.detail,
-            "Rule \"bots\", predicted cost 0.01 s, limit server_share = 0, level 0.01 (a limit of "
-            "0 sheds all of this budget's traffic), mode enforce.");
+            "Rule \"bots\", predicted cost 0.01 CPU-s, limit server_share = 0% (a limit of 0 sheds "
+            "all of this budget's traffic), mode enforce.");
   EXPECT_EQ(report.hint, "");
 }
 
@@ -249,8 +254,9 @@ TEST(Messages, ServerShareWarnedCarriesNoHint) {
             "[PGINSIGHTS] Traffic Control: query would be blocked by budget \"observe\": "
             "server_share exceeded");
   EXPECT_EQ(report.detail,
-            "Rule \"per-tenant\" for tenant = \"globex\", predicted cost 0.5 s, limit "
-            "server_share = 1, level 1.5 (150% of the limit), mode warn.");
+            "Rule \"per-tenant\" for tenant = \"globex\", predicted cost 0.5 CPU-s, limit "
+            "server_share = 10% with burst_limit = 1 s (a bucket of 1 CPU-s), level 1.5 CPU-s of "
+            "debt with this statement (150% of the limit), mode warn.");
   EXPECT_EQ(report.hint, "");
 }
 
@@ -262,7 +268,8 @@ TEST(Messages, ServerShareWarningThreshold) {
       FormatVerdict(Context(budget, "r", 0.25),
                     Verdict(Action::kWarn, Limit::kServerShare, 10, 8.05, 80.5), false);
   EXPECT_EQ(report.detail,
-            "Rule \"r\", predicted cost 0.25 s, limit server_share = 10, level 8.05 (81% of the "
+            "Rule \"r\", predicted cost 0.25 CPU-s, limit server_share = 10% with burst_limit = 1 "
+            "s (a bucket of 10 CPU-s), level 8.05 CPU-s of debt with this statement (81% of the "
             "limit), mode enforce, warning_threshold 75.5%.");
   EXPECT_EQ(report.hint, "");
 }
@@ -319,8 +326,9 @@ TEST(Messages, TableVerdictsFormatAsClientsSeeThem) {
             "[PGINSIGHTS] Traffic Control: query blocked by budget \"best-effort\": server_share "
             "exceeded");
   EXPECT_EQ(report.detail,
-            "Rule \"export-free\", predicted cost 3 s, limit server_share = 4, level 6 (150% of "
-            "the limit), mode enforce.");
+            "Rule \"export-free\", predicted cost 3 CPU-s, limit server_share = 25% with "
+            "burst_limit = 2 s (a bucket of 4 CPU-s), level 6 CPU-s of debt with this statement "
+            "(150% of the limit), mode enforce.");
   EXPECT_EQ(report.hint, "retry after 4000 ms");  // 2 CPU-s too many at 0.5 CPU-s/s
 }
 

@@ -9,7 +9,14 @@ set -euo pipefail
 source "$(dirname "$0")/scripts/lib.sh"
 cd "$TC_ROOT"
 
-tc_install_dependencies
+# The client-driver tests need psycopg 3 (Debian's python3-psycopg, for Debian's
+# /usr/bin/python3) and Node.js with npm; Node may already be installed from
+# elsewhere, so Debian's nodejs and npm are only added when it is not.
+CLIENT_PACKAGES=(python3-psycopg)
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  CLIENT_PACKAGES+=(nodejs npm)
+fi
+tc_install_dependencies "${CLIENT_PACKAGES[@]}"
 
 PASSED=0
 FAILED=0
@@ -81,7 +88,44 @@ if [ $isolation_status -ne 0 ] && [ -f "$WORK/isolation/regression.diffs" ]; the
   cat "$WORK/isolation/regression.diffs"
 fi
 
-if [ $regress_status -ne 0 ] || [ $isolation_status -ne 0 ]; then
+# ---- client drivers: node-postgres and psycopg 3 on the same cluster -------
+# They read the cluster from PGHOST/PGPORT/PGUSER (set by tc_start_cluster).
+export PGDATABASE=postgres
+tc_log "client drivers: node-postgres (node --test)"
+set +e
+(cd test/clients/node && npm ci --no-audit --no-fund --loglevel=error && node --test) \
+  >"$WORK/node.log" 2>&1
+node_status=$?
+set -e
+cat "$WORK/node.log"
+# TAP reporter ("# pass N"), or the spec reporter of newer Node ("ℹ pass N").
+node_pass=$(sed -n 's/^\(# \|ℹ \)pass \([0-9][0-9]*\)$/\2/p' "$WORK/node.log" | tail -n 1)
+node_fail=$(sed -n 's/^\(# \|ℹ \)fail \([0-9][0-9]*\)$/\2/p' "$WORK/node.log" | tail -n 1)
+node_pass=${node_pass:-0}
+node_fail=${node_fail:-0}
+if [ $node_status -ne 0 ] && [ "$node_fail" -eq 0 ]; then node_fail=1; fi  # npm ci or node failed
+if [ "$node_pass" -eq 0 ] && [ "$node_fail" -eq 0 ]; then node_fail=1; fi  # no test ran
+record "node-postgres" "$node_pass" "$node_fail"
+
+tc_log "client drivers: psycopg 3 (python3 -m unittest)"
+set +e
+(cd test/clients/python && /usr/bin/python3 -m unittest -v) >"$WORK/psycopg.log" 2>&1
+psycopg_status=$?
+set -e
+cat "$WORK/psycopg.log"
+py_ran=$(sed -n 's/^Ran \([0-9][0-9]*\) tests\{0,1\} in .*/\1/p' "$WORK/psycopg.log" | tail -n 1)
+py_failures=$(sed -n 's/^FAILED (.*failures=\([0-9][0-9]*\).*/\1/p' "$WORK/psycopg.log" | tail -n 1)
+py_errors=$(sed -n 's/^FAILED (.*errors=\([0-9][0-9]*\).*/\1/p' "$WORK/psycopg.log" | tail -n 1)
+py_ran=${py_ran:-0}
+py_failed=$(( ${py_failures:-0} + ${py_errors:-0} ))
+py_passed=$(( py_ran - py_failed ))
+if [ "$py_passed" -lt 0 ]; then py_passed=0; fi
+if [ $psycopg_status -ne 0 ] && [ "$py_failed" -eq 0 ]; then py_failed=1; fi  # crashed
+if [ "$py_ran" -eq 0 ] && [ "$py_failed" -eq 0 ]; then py_failed=1; fi      # no test ran
+record "psycopg" "$py_passed" "$py_failed"
+
+if [ $regress_status -ne 0 ] || [ $isolation_status -ne 0 ] || [ $node_status -ne 0 ] ||
+   [ $psycopg_status -ne 0 ]; then
   tc_log "server log (last 60 lines)"
   tail -n 60 "$WORK/cluster/server.log" || true
 fi

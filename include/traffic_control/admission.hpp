@@ -8,8 +8,8 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "traffic_control/bucket_table.hpp"
-#include "traffic_control/estimator.hpp"
 #include "traffic_control/core_header_guard.hpp"
+#include "traffic_control/estimator.hpp"
 #include "traffic_control/messages.hpp"
 #include "traffic_control/metadata.hpp"
 #include "traffic_control/ruleset.hpp"
@@ -21,7 +21,7 @@ struct StatementInfo {
   std::optional<std::string_view> username, application_name, remote_address, database, command;
   std::optional<std::int64_t> query_id;
   int parallel_workers = 0;
-  double plan_cost = -1;  // < 0: none
+  double plan_cost = -1;    // < 0: none
   double server_cores = 1;  // CPU-seconds per second of a full server
   std::int64_t wall_now_us = 0;
   std::string_view message_prefix;

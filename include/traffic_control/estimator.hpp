@@ -33,6 +33,10 @@ class PatternTable {
   // Weight of a new sample in the global averages behind the global k (used
   // only for unseen patterns): slower, so one pattern cannot swing it.
   static constexpr double kGlobalAlpha = 0.05;
+  // The global averages take each pattern's first kGlobalSampleEvery samples
+  // and every kGlobalSampleEvery-th after that (and every sample without a
+  // query id).
+  static constexpr std::uint64_t kGlobalSampleEvery = 8;
 
   // Throws std::invalid_argument when capacity > kMaxCapacity.
   static std::size_t RequiredBytes(std::uint32_t capacity);
@@ -54,10 +58,10 @@ class PatternTable {
   std::optional<double> Predict(std::uint64_t query_id, double plan_cost);
 
   // One finished statement. A cpu_seconds that is negative, NaN or infinite is
-  // ignored. A positive finite plan_cost feeds the pattern's and the global k;
-  // any other cost feeds only the pattern's mean CPU. query_id 0 feeds only
-  // the global k. A new pattern in a full table evicts an approximately least
-  // recently used one; never throws for a full table.
+  // ignored. A positive finite plan_cost feeds the pattern's and (sampled, see
+  // kGlobalSampleEvery) the global k; any other cost feeds only the pattern's
+  // mean CPU. query_id 0 feeds only the global k. A new pattern in a full table evicts an
+  // approximately least recently used one; never throws for a full table.
   void Record(std::uint64_t query_id, double plan_cost, double cpu_seconds);
 
   // Every stored pattern, sorted by query id.
@@ -75,6 +79,11 @@ class PatternTable {
   std::optional<double> GlobalK();
   // Sets a stored pattern's sample counters (to test saturation). For tests only.
   void SetCountersForTest(std::uint64_t query_id, std::uint64_t calls, std::uint64_t cost_samples);
+
+  // Records the sample in the pattern's entry (adding it when new); returns
+  // its sample count, 0 when not stored.
+  std::uint64_t RecordPattern(std::uint64_t query_id, double plan_cost, double cpu_seconds,
+                              std::int64_t now_us);
 
   MemorySpan memory_;
   TableLock& lock_;

@@ -86,8 +86,17 @@ SELECT admitted BETWEEN 1 AND 199 AS some_admitted_first, refused, message,
 -- server_share 0 sheds everything, with no retry hint (a retry cannot help).
 ALTER SYSTEM SET traffic_control.budgets = '[{"name":"share","mode":"enforce","server_share":0}]';
 SELECT pg_reload_conf(), pg_sleep(0.5);
-\set VERBOSITY default
 SELECT 1 AS shed /*route='/share'*/;
+SET traffic_control.track = 'all';
+DO $$
+DECLARE hint text;
+BEGIN
+  EXECUTE 'SELECT 1 /*route=''/share''*/';
+EXCEPTION WHEN insufficient_resources THEN
+  GET STACKED DIAGNOSTICS hint = PG_EXCEPTION_HINT;
+  RAISE NOTICE 'shed without a retry hint: %', coalesce(hint, '') = '';
+END $$;
+RESET traffic_control.track;
 
 ALTER SYSTEM RESET traffic_control.server_cores;
 ALTER SYSTEM RESET traffic_control.budgets;

@@ -20,7 +20,10 @@
 // statements without a usable plan cost), and of plan cost and CPU-seconds
 // over the samples with a positive finite plan cost (k = mean_cpu_costed /
 // mean_cost, so k is a ratio of averages of the same samples). Globally the
-// same two costed averages with kGlobalAlpha give the global k.
+// same two costed averages with kGlobalAlpha give the global k; they take
+// every sample without a query id, and of each pattern its first
+// kGlobalSampleEvery samples and every kGlobalSampleEvery-th after that (so
+// the global spinlock is not a cache line every statement writes).
 //
 // Locking rules:
 // - The table lock (`lock_`, its own LWLock in PostgreSQL) guards the index,
@@ -279,7 +282,9 @@ std::optional<double> Ratio(double cpu, double cost) {
   return k;
 }
 
-void RecordIn(PatternState& state, double plan_cost, double cpu_seconds, std::int64_t now_us) {
+// Returns the pattern's sample count after this one.
+std::uint64_t RecordIn(PatternState& state, double plan_cost, double cpu_seconds,
+                       std::int64_t now_us) {
   state.mean_cpu =
       Average(state.mean_cpu, cpu_seconds, state.calls == 0, PatternTable::kPatternAlpha);
   Increment(state.calls);
@@ -291,6 +296,7 @@ void RecordIn(PatternState& state, double plan_cost, double cpu_seconds, std::in
     Increment(state.cost_samples);
   }
   state.last_used_us = std::max(state.last_used_us, now_us);
+  return state.calls;
 }
 
 std::optional<double> Multiply(double plan_cost, std::optional<double> k) {
@@ -404,8 +410,12 @@ void PatternTable::Record(std::uint64_t query_id, double plan_cost, double cpu_s
   if (!std::isfinite(cpu_seconds) || cpu_seconds < 0) return;
   const TableView table = ViewOf(memory_);
   const std::int64_t now_us = clock_.NowMicros();
-
-  if (UsableCost(plan_cost)) {
+  const std::uint64_t calls = RecordPattern(query_id, plan_cost, cpu_seconds, now_us);
+  // The global averages take a sample without a pattern, and a pattern's
+  // first kGlobalSampleEvery samples and every kGlobalSampleEvery-th after:
+  // enough for unseen patterns, and the global spinlock stays cold.
+  if (UsableCost(plan_cost) &&
+      (calls == 0 || calls <= kGlobalSampleEvery || calls % kGlobalSampleEvery == 0)) {
     PatternHeader& header = *table.header;
     SpinGuard spin(header.global_spin);
     GlobalState& global = header.global;
@@ -414,16 +424,19 @@ void PatternTable::Record(std::uint64_t query_id, double plan_cost, double cpu_s
     global.mean_cpu = Average(global.mean_cpu, cpu_seconds, first, kGlobalAlpha);
     Increment(global.samples);
   }
-  if (query_id == 0) return;
+}
 
+std::uint64_t PatternTable::RecordPattern(std::uint64_t query_id, double plan_cost,
+                                          double cpu_seconds, std::int64_t now_us) {
+  const TableView table = ViewOf(memory_);
+  if (query_id == 0) return 0;
   {
     SharedGuard guard(lock_);
     const std::int32_t slot = Find(table, query_id);
     if (slot != kNoSlot) {
       PatternEntry& entry = table.entries[slot];
       SpinGuard spin(entry.spin);
-      RecordIn(entry.state, plan_cost, cpu_seconds, now_us);
-      return;
+      return RecordIn(entry.state, plan_cost, cpu_seconds, now_us);
     }
   }
 
@@ -431,7 +444,7 @@ void PatternTable::Record(std::uint64_t query_id, double plan_cost, double cpu_s
   std::int32_t slot = Find(table, query_id);  // another backend may have added it
   if (slot == kNoSlot) {
     slot = TakeSlot(table);
-    if (slot == kNoSlot) return;  // capacity 0
+    if (slot == kNoSlot) return 0;  // capacity 0
     PatternEntry& entry = table.entries[slot];
     std::memset(&entry, 0, sizeof entry);  // spin = 0: nobody can hold it now
     entry.query_id = query_id;
@@ -440,7 +453,7 @@ void PatternTable::Record(std::uint64_t query_id, double plan_cost, double cpu_s
   }
   PatternEntry& entry = table.entries[slot];
   SpinGuard spin(entry.spin);
-  RecordIn(entry.state, plan_cost, cpu_seconds, now_us);
+  return RecordIn(entry.state, plan_cost, cpu_seconds, now_us);
 }
 
 std::vector<PatternSnapshot> PatternTable::Snapshot() {

@@ -28,11 +28,39 @@ std::string Quote(std::string_view text) {
   return quoted;
 }
 
-std::string LevelText(const BudgetVerdict& verdict) {
-  std::string text = "level " + FormatNumber(verdict.level);
-  if (verdict.limit == Limit::kMaxConcurrent) text += " running with this statement";
-  if (verdict.limit_value == 0) return text + " (a limit of 0 sheds all of this budget's traffic)";
-  return text + " (" + FormatNumber(std::round(verdict.level_percent)) + "% of the limit)";
+std::string PercentOfLimit(const BudgetVerdict& verdict) {
+  return " (" + FormatNumber(std::round(verdict.level_percent)) + "% of the limit)";
+}
+
+// "limit ..., level ..." in the units a DBA configured and in CPU-seconds.
+std::string LimitAndLevel(const Budget& budget, const BudgetVerdict& verdict) {
+  constexpr const char* kShedsAll = " (a limit of 0 sheds all of this budget's traffic)";
+  switch (verdict.limit) {
+    case Limit::kPerQueryLimit: {
+      std::string text =
+          "limit per_query_limit = " + FormatNumber(budget.per_query_limit.value_or(0)) +
+          " s of full-server use (" + FormatNumber(verdict.limit_value) + " CPU-s), level " +
+          FormatNumber(verdict.level) + " CPU-s";
+      return text + (verdict.limit_value == 0 ? kShedsAll : PercentOfLimit(verdict));
+    }
+    case Limit::kServerShare: {
+      const double share = budget.server_share.value_or(0);
+      if (share == 0 || verdict.limit_value == 0) {
+        return "limit server_share = 0%" + std::string(kShedsAll);
+      }
+      return "limit server_share = " + FormatNumber(share) +
+             "% with burst_limit = " + FormatNumber(budget.burst_limit) + " s (a bucket of " +
+             FormatNumber(verdict.limit_value) + " CPU-s), level " + FormatNumber(verdict.level) +
+             " CPU-s of debt with this statement" + PercentOfLimit(verdict);
+    }
+    case Limit::kMaxConcurrent:
+    default: {
+      std::string text = "limit " + std::string(LimitName(verdict.limit)) + " = " +
+                         FormatNumber(verdict.limit_value) + ", level " +
+                         FormatNumber(verdict.level) + " running with this statement";
+      return text + (verdict.limit_value == 0 ? kShedsAll : PercentOfLimit(verdict));
+    }
+  }
 }
 
 }  // namespace
@@ -49,10 +77,10 @@ Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict
     report.detail += " for " + std::string(context.each_key) + " = " + Quote(context.instance);
   }
   report.detail += ", predicted cost ";
-  report.detail += context.predicted_seconds ? FormatNumber(*context.predicted_seconds) + " s"
+  report.detail += context.predicted_seconds ? FormatNumber(*context.predicted_seconds) + " CPU-s"
                                              : std::string("unknown");
-  report.detail += ", limit " + limit_name + " = " + FormatNumber(verdict.limit_value) + ", " +
-                   LevelText(verdict) + ", mode " + std::string(ModeName(context.budget->mode));
+  report.detail += ", " + LimitAndLevel(*context.budget, verdict) + ", mode " +
+                   std::string(ModeName(context.budget->mode));
   if (context.budget->warning_threshold && !refused && context.budget->mode == Mode::kEnforce) {
     report.detail +=
         ", warning_threshold " + FormatNumber(*context.budget->warning_threshold) + "%";
