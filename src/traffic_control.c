@@ -14,9 +14,10 @@
  *   snapshot. The core takes and drops it through tc_lock_ops; it never calls
  *   anything that can raise while holding it, and it holds it only for the
  *   table lookups and arithmetic of one decision.
- * - TcShared.mutex (a spinlock) protects reported_config_hash only; nothing
- *   but a compare-and-store happens under it, and it is released before any
- *   elog.
+ * - TcShared.mutex (a spinlock) protects reported_config_hash and the log
+ *   rate limit (log_window, log_window_lines, log_suppressed); nothing but a
+ *   compare-and-store or a count happens under it, and it is released before
+ *   any elog.
  * - AddinShmemInitLock is held while the shared segment is created, as in
  *   pg_stat_statements.
  *
@@ -45,6 +46,7 @@
 #include "common/hashfn.h"
 #include "executor/executor.h"
 #include "common/ip.h"
+#include "lib/stringinfo.h"
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
 #include "nodes/plannodes.h"
@@ -62,6 +64,7 @@
 #include "utils/timestamp.h"
 
 #include "traffic_control/capi.h"
+#include "traffic_control.h"
 
 PG_MODULE_MAGIC;
 
@@ -91,6 +94,22 @@ static char *tc_message_prefix = NULL;
 static int	tc_track = TC_TRACK_TOP;
 static bool tc_track_utility = true;
 
+/* traffic_control.log_level: the elevel of refusal and warning log lines. */
+#define TC_LOG_OFF (-1)
+
+static const struct config_enum_entry log_level_options[] = {
+	{"off", TC_LOG_OFF, false},
+	{"debug1", DEBUG1, false},
+	{"info", INFO, false},
+	{"notice", NOTICE, false},
+	{"log", LOG, false},
+	{"warning", WARNING, false},
+	{NULL, 0, false}
+};
+
+static int	tc_log_level = LOG;
+static int	tc_log_max_per_second = 10;
+
 /* ---- shared state ---- */
 
 typedef struct TcShared
@@ -98,13 +117,17 @@ typedef struct TcShared
 	LWLock	   *bucket_lock;	/* protects the bucket table */
 	LWLock	   *pattern_lock;	/* protects the estimator's pattern table */
 	ConditionVariable slot_freed;	/* broadcast when a slot is released */
-	slock_t		mutex;			/* protects reported_config_hash */
+	slock_t		mutex;			/* protects reported_config_hash and log_* */
 	uint32		reported_config_hash;	/* config whose problems were logged */
+	/* Cluster-wide rate limit of the refusal and warning log lines: */
+	int64		log_window;		/* the wall-clock second being counted */
+	int			log_window_lines;	/* lines logged in that second */
+	int64		log_suppressed; /* lines suppressed since the last one logged */
 	Size		core_size;
 	/* the core's tables follow at tc_core_address() */
 } TcShared;
 
-static TcShared *tc_shared = NULL;
+TcShared   *tc_shared = NULL;
 static bool tc_core_attached = false;
 
 /* ---- backend-local state ---- */
@@ -259,6 +282,9 @@ tc_shmem_startup(void)
 		ConditionVariableInit(&tc_shared->slot_freed);
 		SpinLockInit(&tc_shared->mutex);
 		tc_shared->reported_config_hash = 0;
+		tc_shared->log_window = 0;
+		tc_shared->log_window_lines = 0;
+		tc_shared->log_suppressed = 0;
 		tc_shared->core_size = tc_shared_size(tc_max_buckets, tc_max_patterns);
 		formatted = tc_shared_format(tc_core_address(), tc_shared->core_size, tc_max_buckets,
 									 tc_max_patterns);
@@ -309,7 +335,7 @@ static const tc_lock_ops bucket_lock_ops = {bucket_lock_exclusive, bucket_lock_s
 static const tc_lock_ops pattern_lock_ops = {pattern_lock_exclusive, pattern_lock_shared,
 pattern_unlock};
 
-static void
+void
 ensure_core_attached(void)
 {
 	if (tc_core_attached)
@@ -338,7 +364,7 @@ collect_problem(const char *rule, const char *message)
  * Rebuilds the rule set when a GUC changed. Only between statements: callers
  * check nesting_level == 0 first, so a statement never sees two rule sets.
  */
-static void
+void
 maybe_reload_config(void)
 {
 	uint32		config_hash;
@@ -409,6 +435,26 @@ cpu_seconds_now(void)
 	if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now) != 0)
 		return -1;
 	return (double) now.tv_sec + (double) now.tv_nsec / 1e9;
+}
+
+/*
+ * Reading the process CPU clock is a system call (a few microseconds on a
+ * VM), as long as a whole cheap statement. So it is read for every statement
+ * whose cost is unknown or predicted at 0.5 ms of CPU or more, and for one in
+ * TC_CPU_SAMPLE_EVERY of the cheaper ones: enough to keep learning their k.
+ * An unmeasured statement keeps the debt it was charged at admission.
+ */
+#define TC_CHEAP_STATEMENT_SECONDS 0.0005
+#define TC_CPU_SAMPLE_EVERY 64
+
+static bool
+worth_measuring(double predicted_seconds)
+{
+	static uint32 cheap_statements = 0;
+
+	if (predicted_seconds < 0 || predicted_seconds >= TC_CHEAP_STATEMENT_SECONDS)
+		return true;
+	return (cheap_statements++ % TC_CPU_SAMPLE_EVERY) == 0;
 }
 
 static void
@@ -521,7 +567,7 @@ tc_before_shmem_exit(int code, Datum arg)
 /* Admission                                                              */
 /* ---------------------------------------------------------------------- */
 
-static const char *
+const char *
 command_name(CmdType command)
 {
 	switch (command)
@@ -586,7 +632,7 @@ plan_workers(Plan *plan)
 }
 
 /* Planned parallel workers of the whole statement (all Gather nodes). */
-static int
+int
 statement_workers(PlannedStmt *pstmt)
 {
 	int			workers;
@@ -600,7 +646,7 @@ statement_workers(PlannedStmt *pstmt)
 	return workers;
 }
 
-static void
+void
 fill_builtins(tc_statement *statement)
 {
 	Oid			user_id = GetUserId();
@@ -651,6 +697,170 @@ unix_now_us(void)
 		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY);
 }
 
+/* ---- the server log of refusals and warnings ---- */
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* Set just before one of our log lines is raised; the hook clears it. */
+static bool hide_next_from_client = false;
+
+/*
+ * Set just before a refusal whose log line the rate limit suppressed: its
+ * ERROR then stays out of the server log too, so an overload of refusals
+ * cannot flood the log through PostgreSQL's own ERROR entries either.
+ */
+static bool hide_next_refusal_from_log = false;
+
+/*
+ * Keeps our log lines out of the client's messages whatever their level
+ * (INFO, NOTICE, WARNING would otherwise reach it). Only output_to_client
+ * is changed, as the hook runs before elog.c sends the message anywhere.
+ */
+static void
+tc_emit_log(ErrorData *edata)
+{
+	if (hide_next_from_client)
+	{
+		hide_next_from_client = false;
+		if (edata->elevel < ERROR)
+			edata->output_to_client = false;
+	}
+	if (hide_next_refusal_from_log)
+	{
+		hide_next_refusal_from_log = false;
+		if (edata->elevel == ERROR && edata->sqlerrcode == ERRCODE_INSUFFICIENT_RESOURCES)
+			edata->output_to_server = false;
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/* Would a message of this level reach the server log (elog.c's rule)? */
+static bool
+reaches_server_log(int elevel)
+{
+	/* For log_min_messages, LOG ranks between ERROR and FATAL. */
+	if (elevel == LOG || elevel == LOG_SERVER_ONLY)
+		return log_min_messages == LOG || log_min_messages <= ERROR;
+	if (log_min_messages == LOG)
+		return elevel >= FATAL;
+	return elevel >= log_min_messages;
+}
+
+/*
+ * Takes one line of the cluster-wide allowance of log_max_per_second lines
+ * per wall-clock second (0 = no limit). False: suppress the line. True: log
+ * it, after reporting *suppressed lines suppressed since the last one logged.
+ */
+static bool
+take_log_line(int64 *suppressed)
+{
+	int64		second = GetCurrentTimestamp() / USECS_PER_SEC;
+	int			limit = tc_log_max_per_second;
+	bool		allowed;
+
+	SpinLockAcquire(&tc_shared->mutex);
+	if (tc_shared->log_window != second)
+	{
+		tc_shared->log_window = second;
+		tc_shared->log_window_lines = 0;
+	}
+	allowed = limit <= 0 || tc_shared->log_window_lines < limit;
+	if (allowed)
+	{
+		tc_shared->log_window_lines++;
+		*suppressed = tc_shared->log_suppressed;
+		tc_shared->log_suppressed = 0;
+	}
+	else
+		tc_shared->log_suppressed++;
+	SpinLockRelease(&tc_shared->mutex);
+	return allowed;
+}
+
+/* Appends "text" with " and \ escaped, as the core quotes names. */
+static void
+append_quoted(StringInfo buf, const char *text)
+{
+	appendStringInfoChar(buf, '"');
+	for (const char *c = text ? text : ""; *c != '\0'; c++)
+	{
+		if (*c == '"' || *c == '\\')
+			appendStringInfoChar(buf, '\\');
+		appendStringInfoChar(buf, *c);
+	}
+	appendStringInfoChar(buf, '"');
+}
+
+/*
+ * One line for the server log, never for the client:
+ *   traffic_control: refused: budget "b", rule "r", reason max_concurrent,
+ *   application_name "psql", user "alice"
+ * with the client's DETAIL. A refusal's statement and context are left to
+ * the ERROR that follows.
+ */
+static bool
+log_report(const tc_report *report, bool refused, int elevel)
+{
+	int64		suppressed = 0;
+	StringInfoData line;
+
+	if (!take_log_line(&suppressed))
+		return false;
+	if (suppressed > 0)
+	{
+		hide_next_from_client = true;
+		ereport(elevel,
+				(errhidestmt(true), errhidecontext(true),
+				 errmsg_internal("traffic_control: " INT64_FORMAT
+								 " more refusal and warning log line%s suppressed"
+								 " (log_max_per_second = %d)",
+								 suppressed, suppressed == 1 ? "" : "s",
+								 tc_log_max_per_second)));
+		hide_next_from_client = false;
+	}
+
+	initStringInfo(&line);
+	appendStringInfoString(&line, refused ? "traffic_control: refused: budget "
+						   : "traffic_control: warned: budget ");
+	append_quoted(&line, report->budget);
+	appendStringInfoString(&line, ", rule ");
+	append_quoted(&line, report->rule);
+	appendStringInfo(&line, ", reason %s, application_name ",
+					 report->limit_name ? report->limit_name : "");
+	append_quoted(&line, application_name);
+	appendStringInfoString(&line, ", user ");
+	append_quoted(&line, cached_user_name);
+
+	hide_next_from_client = true;
+	ereport(elevel,
+			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+			 errmsg_internal("%s", line.data),
+			 report->detail ? errdetail_internal("%s", report->detail) : 0,
+			 errhidestmt(refused), errhidecontext(refused)));
+	hide_next_from_client = false;
+	pfree(line.data);
+	return true;
+}
+
+/*
+ * Logs the warnings and the refusal of one decision, before they are sent.
+ * Returns true when the refusal's line was suppressed by the rate limit.
+ */
+static bool
+log_admission(const tc_admission *admission)
+{
+	int			elevel = tc_log_level == LOG ? LOG_SERVER_ONLY : tc_log_level;
+
+	if (tc_log_level == TC_LOG_OFF || !reaches_server_log(elevel))
+		return false;
+	for (int i = 0; i < admission->notice_count; i++)
+		log_report(&admission->notices[i], false, elevel);
+	if (admission->outcome == TC_REFUSED)
+		return !log_report(&admission->refusal, true, elevel);
+	return false;
+}
+
 static void
 send_notices(const tc_admission *admission)
 {
@@ -666,7 +876,7 @@ send_notices(const tc_admission *admission)
 	}
 }
 
-static double
+double
 effective_server_cores(void)
 {
 	static double online_cpus = 0;
@@ -695,6 +905,7 @@ admit_statement(const char *source, int location, int length, const char *comman
 	tc_admission admission;
 	volatile TimestampTz deadline = 0;
 	volatile bool waiting = false;
+	bool		refusal_log_suppressed;
 
 	memset(&statement, 0, sizeof(statement));
 	if (source != NULL)
@@ -767,14 +978,19 @@ admit_statement(const char *source, int location, int length, const char *comman
 		TC_CALL(tc_waiter_remove());
 	}
 
+	refusal_log_suppressed = log_admission(&admission);
 	send_notices(&admission);
 	if (admission.outcome == TC_REFUSED)
+	{
+		hide_next_refusal_from_log = refusal_log_suppressed;
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg_internal("%s", admission.refusal.message),
 				 errdetail_internal("%s", admission.refusal.detail),
 				 admission.refusal.hint ? errhint("%s", admission.refusal.hint) : 0));
-	if (admission.measure_cpu && admission.holding != 0)
+	}
+	if (admission.measure_cpu && admission.holding != 0 &&
+		worth_measuring(admission.predicted_seconds))
 		*cpu_start = cpu_seconds_now();
 	return admission.holding;
 }
@@ -897,7 +1113,7 @@ tc_ExecutorEnd(QueryDesc *queryDesc)
  * They are not admitted themselves and do not count as a nesting level, so
  * their inner query is admitted as a top-level statement.
  */
-static bool
+bool
 is_pass_through_utility(Node *statement)
 {
 	switch (nodeTag(statement))
@@ -1019,6 +1235,15 @@ _PG_init(void)
 	DefineCustomBoolVariable("traffic_control.track_utility",
 							 "Admit utility statements (DDL, COPY, VACUUM, CALL, DO ...).",
 							 NULL, &tc_track_utility, true, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("traffic_control.log_level",
+							 "Level of the server log lines for refusals and warnings (off = none).",
+							 "The lines go to the server log only, never to the client.",
+							 &tc_log_level, LOG, log_level_options, PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("traffic_control.log_max_per_second",
+							"Refusal and warning log lines per second, cluster-wide (0 = no limit).",
+							NULL, &tc_log_max_per_second, 10, 0, 1000000, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("traffic_control");
 
 	/* query_id is a built-in metadata key. */
@@ -1038,6 +1263,8 @@ _PG_init(void)
 	ExecutorEnd_hook = tc_ExecutorEnd;
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = tc_ProcessUtility;
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = tc_emit_log;
 
 	RegisterResourceReleaseCallback(tc_resource_release, NULL);
 	RegisterXactCallback(tc_xact_callback, NULL);

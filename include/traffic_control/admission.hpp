@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "traffic_control/estimator.hpp"
 #include "traffic_control/messages.hpp"
 #include "traffic_control/metadata.hpp"
+#include "traffic_control/rule_counters.hpp"
 #include "traffic_control/ruleset.hpp"
 
 namespace tc {
@@ -40,13 +42,37 @@ struct Decision {
   std::optional<double> predicted_seconds;
 };
 
+// One budget that applies to an explained statement: what Admit would decide
+// for it now.
+struct BudgetExplanation {
+  const Budget* budget = nullptr;  // into the controller's rule set
+  const Rule* rule = nullptr;      // the rule named in messages
+  bool has_instance = false;
+  std::string instance;  // the `each` value
+  BudgetVerdict verdict;
+  // The NOTICE (kWarn) or ERROR (kRefuse) the statement would get from this
+  // budget; empty for kPass.
+  Report report;
+};
+
+// What explain() shows: the statement's metadata, the prediction (made only
+// when a budget with a cost limit applies, as in Admit) and one entry per
+// budget that applies, in the order Admit decides them.
+struct Explanation {
+  Metadata metadata;
+  std::optional<double> predicted_seconds;
+  std::vector<BudgetExplanation> budgets;
+};
+
 // Fills `metadata` from the statement: built-ins first, then its tags.
 void BuildMetadata(const StatementInfo& statement, Metadata* metadata);
 
 class AdmissionController {
  public:
-  void SetRuleSet(RuleSet rules) { rules_ = std::move(rules); }
+  // `problems`: what the RuleSet constructor reported (kept for rule_status).
+  void SetRuleSet(RuleSet rules, std::vector<RuleProblem> problems = {});
   const RuleSet& rule_set() const { return rules_; }
+  const std::vector<RuleProblem>& problems() const { return problems_; }
   bool empty() const { return rules_.empty(); }
 
   // The shared table; without one nothing is admitted by concurrency (the
@@ -54,10 +80,21 @@ class AdmissionController {
   void AttachTable(BucketTable* table) { table_ = table; }
   // The estimator's pattern table; without one predictions are unknown.
   void AttachPatterns(PatternTable* patterns) { patterns_ = patterns; }
+  // The shared per-rule `matched` counters; without them nothing is counted.
+  void AttachRuleCounters(RuleCounterTable* counters);
 
   // With kWillWait or kRetry, a statement that could wait for a slot gets
   // kMustWait instead of being refused; kFinal never waits.
+  // A decision that is final (admitted or refused, not kMustWait) adds 1 to
+  // the `matched` counter of the rule of every budget that applied.
   Decision Admit(const StatementInfo& statement, AttemptKind attempt);
+
+  // What Admit would decide for the statement now, per budget, without
+  // taking a slot, charging debt or counting anything (BucketTable::Evaluate).
+  // The prediction is made as in Admit, which counts as a use of the pattern
+  // for the estimator's eviction order. Throws std::logic_error without an
+  // attached table.
+  Explanation Explain(const StatementInfo& statement);
 
   // Releases a holding once; returns true when waiters should be woken.
   // `cpu_seconds`: what the statement really used (corrects the buckets'
@@ -69,9 +106,26 @@ class AdmissionController {
   std::size_t held_count() const { return holdings_.size(); }
 
  private:
+  // Fills metadata_, matches_ and requests_ for the statement; returns the
+  // prediction and whether a budget with a cost limit applies. False when no
+  // budget applies.
+  bool Prepare(const StatementInfo& statement, std::optional<double>* predicted,
+               bool* has_cost_limit);
+  // The NOTICE or ERROR for matches_[index].
+  Report ReportFor(std::size_t index, const BudgetVerdict& verdict, bool refusing,
+                   std::string_view prefix, const std::optional<double>& predicted) const;
+  // Adds 1 to the counter of the rule of every match.
+  void CountMatches();
+
   RuleSet rules_;
+  std::vector<RuleProblem> problems_;
   BucketTable* table_ = nullptr;
   PatternTable* patterns_ = nullptr;
+  RuleCounterTable* rule_counters_ = nullptr;
+  // Per rule (index into rules_.rules()): its counter's slot, kUnresolved
+  // until first needed. Slots never change while the table lives.
+  static constexpr std::int32_t kUnresolved = -2;
+  std::vector<std::int32_t> rule_slots_;
   struct Held {
     std::vector<Holding> holdings;
     std::uint64_t query_id = 0;  // 0: none

@@ -130,6 +130,17 @@ class BucketTable {
   AdmitResult Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
                     std::int64_t wall_now_us);
 
+  // What Admit would decide for these requests now, without changing
+  // anything: no slot is taken, no debt charged, no counter or use recorded
+  // and no instance created (an instance not in the table is judged as the
+  // empty one Admit would create). One verdict per request, same order; the
+  // same verdict code as Admit. For explain(). The states of several
+  // instances are read one after the other, not atomically together. (One
+  // case differs: the same new instance twice in one call while the table is
+  // full of busy instances, which Admit judges untracked, each on its own;
+  // RuleSet::Match never asks for an instance twice.)
+  std::vector<BudgetVerdict> Evaluate(const std::vector<AdmissionRequest>& requests);
+
   // Gives a holding back. With `actual_seconds` (the CPU-seconds the statement
   // really used) the bucket's debt is corrected by actual - charged (never
   // below 0); without it the charge stands. Returns true when a waiter might

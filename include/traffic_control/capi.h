@@ -75,6 +75,10 @@ typedef struct tc_report
 	const char *message;
 	const char *detail;
 	const char *hint;			/* NULL when there is none */
+	/* For the server log (never NULL): */
+	const char *budget;			/* the budget's name */
+	const char *rule;			/* the rule that put the statement in it */
+	const char *limit_name;		/* max_concurrent, per_query_limit, server_share */
 } tc_report;
 
 typedef enum tc_outcome
@@ -123,6 +127,109 @@ bool tc_release_all(bool *wake);
 /* Backends waiting for a slot: counted so releases know to wake them. */
 bool tc_waiter_add(void);
 bool tc_waiter_remove(void);
+
+/* ---- SQL interface (src/sql_functions.c) ----
+ * The rows each function returns point into backend-local storage of the
+ * core that stays valid until the next call of the same function: copy them
+ * into PostgreSQL memory before calling it again. Strings are NUL-terminated;
+ * the `each` values and metadata also come with their length. All of them
+ * need tc_attach first. */
+
+/* traffic_control.budget_status: one row per budget instance. */
+typedef struct tc_budget_status_row
+{
+	const char *budget;
+	const char *instance;		/* the `each` value; NULL when none */
+	size_t		instance_len;
+	const char *mode;			/* NULL: the budget is no longer configured */
+	int64_t		active;			/* concurrency units held now */
+	double		debt_seconds;	/* leaky bucket debt, CPU-seconds, drained to now */
+	uint64_t	admitted;
+	uint64_t	warned;
+	uint64_t	blocked_max_concurrent;
+	uint64_t	blocked_per_query_limit;
+	uint64_t	blocked_server_share;
+	uint64_t	queued;
+	int64_t		last_blocked_at_us; /* Unix epoch microseconds; 0 = never */
+} tc_budget_status_row;
+
+/*
+ * Every configured budget (this backend's rule set: load the configuration
+ * first) with its instances, or one row of zeros without an instance when
+ * it has none yet; then instances of budgets no longer configured.
+ */
+bool		tc_budget_status(const tc_budget_status_row **rows, size_t *count);
+
+/* traffic_control.rule_status: one row per configured rule, in order. */
+typedef struct tc_rule_status_row
+{
+	const char *rule;
+	const char *budget;
+	bool		has_matched;	/* false: not counted (counter table full) */
+	uint64_t	matched;
+	const char *problem;		/* NULL when none */
+} tc_rule_status_row;
+
+bool		tc_rule_status(const tc_rule_status_row **rows, size_t *count);
+
+/* traffic_control.pattern_estimates: one row per learned query pattern. */
+typedef struct tc_pattern_row
+{
+	int64_t		query_id;
+	uint64_t	calls;
+	double		mean_cpu_seconds;
+	double		mean_plan_cost;
+	double		k;				/* CPU-seconds per unit of plan cost; NaN = unknown */
+} tc_pattern_row;
+
+bool		tc_pattern_estimates(const tc_pattern_row **rows, size_t *count);
+
+/* traffic_control.reset(): zero the budgets' and the rules' counters. */
+bool		tc_reset_counters(void);
+
+/* traffic_control.explain(): what admission would decide, changing nothing. */
+typedef enum tc_explain_decision
+{
+	TC_DECISION_ADMIT = 0,
+	TC_DECISION_WARN = 1,
+	TC_DECISION_REFUSE = 2
+} tc_explain_decision;
+
+typedef struct tc_explain_row
+{
+	const char *budget;
+	const char *instance;		/* the `each` value; NULL when none */
+	size_t		instance_len;
+	const char *rule;			/* the rule named in messages */
+	const char *mode;
+	tc_explain_decision decision;
+	const char *limit_name;		/* the limit that warned or refused; NULL for admit */
+	const char *detail;			/* the DETAIL of the NOTICE or ERROR; NULL for admit */
+} tc_explain_row;
+
+typedef struct tc_metadata_item
+{
+	const char *key;
+	size_t		key_len;
+	const char *value;
+	size_t		value_len;
+} tc_metadata_item;
+
+typedef struct tc_explanation
+{
+	size_t		row_count;		/* budgets that apply; 0 = none */
+	const tc_explain_row *rows;
+	size_t		metadata_count;
+	const tc_metadata_item *metadata;	/* built-ins, then tags */
+	bool		has_prediction;
+	double		predicted_seconds;	/* CPU-seconds, when has_prediction */
+} tc_explanation;
+
+/*
+ * Decides `statement` as tc_admit would (wall_now_us is not used), without
+ * taking a slot, charging debt or counting anything.
+ */
+bool		tc_explain(const tc_statement *statement, tc_explanation *out);
 
 #ifdef __cplusplus
 }

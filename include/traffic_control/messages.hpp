@@ -14,6 +14,10 @@ struct Report {
   std::string message;
   std::string detail;
   std::string hint;  // empty = no HINT
+  // For the server log: the budget, the rule and the limit (LimitName) reported.
+  std::string budget;
+  std::string rule;
+  std::string limit;
 };
 
 struct VerdictContext {

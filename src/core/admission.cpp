@@ -1,7 +1,9 @@
 #include "traffic_control/admission.hpp"
 
 #include <algorithm>
+#include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "traffic_control/sqlcommenter.hpp"
 
@@ -21,43 +23,94 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata) {
   metadata->AddTags(ParseSqlCommenterTags(statement.text));
 }
 
-Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind attempt) {
-  Decision decision;
-  if (rules_.empty() || table_ == nullptr) return decision;
+void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> problems) {
+  rules_ = std::move(rules);
+  problems_ = std::move(problems);
+  rule_slots_.assign(rules_.rules().size(), kUnresolved);
+}
 
+void AdmissionController::AttachRuleCounters(RuleCounterTable* counters) {
+  rule_counters_ = counters;
+  rule_slots_.assign(rules_.rules().size(), kUnresolved);
+}
+
+bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<double>* predicted,
+                                  bool* has_cost_limit) {
+  *predicted = std::nullopt;
+  *has_cost_limit = false;
   BuildMetadata(statement, &metadata_);
   matches_.clear();
+  requests_.clear();
   rules_.Match(metadata_, &matches_);
-  if (matches_.empty()) return decision;
+  if (matches_.empty()) return false;
 
   // Predict only when a cost limit can use the prediction: the estimator's
   // table is shared memory, and most budgets only cap concurrency.
-  bool has_cost_limit = false;
   for (const BudgetMatch& match : matches_) {
     const Budget& budget = rules_.budgets()[match.budget_index];
-    if (budget.per_query_limit || budget.server_share) has_cost_limit = true;
+    if (budget.per_query_limit || budget.server_share) *has_cost_limit = true;
   }
   const std::uint64_t query_id =
       statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
-  std::optional<double> predicted;
-  if (has_cost_limit && patterns_ != nullptr && query_id != 0) {
-    predicted = patterns_->Predict(query_id, statement.plan_cost);
+  if (*has_cost_limit && patterns_ != nullptr && query_id != 0) {
+    *predicted = patterns_->Predict(query_id, statement.plan_cost);
   }
-  decision.predicted_seconds = predicted;
 
   const std::uint32_t weight =
       1 + static_cast<std::uint32_t>(std::max(0, statement.parallel_workers));
-  requests_.clear();
   for (const BudgetMatch& match : matches_) {
     AdmissionRequest request;
     request.budget = &rules_.budgets()[match.budget_index];
     request.has_instance = match.has_instance;
     request.instance = match.instance;
     request.weight = weight;
-    request.predicted_seconds = predicted;
+    request.predicted_seconds = *predicted;
     request.server_cores = statement.server_cores > 0 ? statement.server_cores : 1;
     requests_.push_back(request);
   }
+  return true;
+}
+
+Report AdmissionController::ReportFor(std::size_t index, const BudgetVerdict& verdict,
+                                      bool refusing, std::string_view prefix,
+                                      const std::optional<double>& predicted) const {
+  const BudgetMatch& match = matches_[index];
+  const Rule& rule = rules_.rules()[match.rule_index];
+  VerdictContext context;
+  context.prefix = prefix;
+  context.budget = requests_[index].budget;
+  context.rule = rule.name;
+  if (match.has_instance && rule.each) context.each_key = *rule.each;
+  context.instance = match.instance;
+  context.predicted_seconds = predicted;
+  return FormatVerdict(context, verdict, refusing);
+}
+
+void AdmissionController::CountMatches() {
+  if (rule_counters_ == nullptr) return;
+  for (const BudgetMatch& match : matches_) {
+    if (match.rule_index >= rule_slots_.size()) continue;
+    std::int32_t& slot = rule_slots_[match.rule_index];
+    if (slot == kUnresolved) {
+      // Once per rule and backend: a lock-free lookup (or insertion) in the
+      // shared table; after that one atomic add per statement.
+      const Rule& rule = rules_.rules()[match.rule_index];
+      slot = rule_counters_->Resolve(rule.name, rule.budget);
+    }
+    rule_counters_->Increment(slot);  // kNoSlot (table full): not counted
+  }
+}
+
+Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind attempt) {
+  Decision decision;
+  if (rules_.empty() || table_ == nullptr) return decision;
+
+  std::optional<double> predicted;
+  bool has_cost_limit = false;
+  if (!Prepare(statement, &predicted, &has_cost_limit)) return decision;
+  decision.predicted_seconds = predicted;
+  const std::uint64_t query_id =
+      statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
 
   AdmitResult result = table_->Admit(requests_, attempt, statement.wall_now_us);
   if (!result.admitted && result.may_wait && attempt != AttemptKind::kFinal) {
@@ -65,21 +118,14 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
     decision.queue_timeout_ms = result.queue_timeout_ms;
     return decision;
   }
+  // Final: admitted or refused, so the statement counts as matched once.
+  CountMatches();
 
   for (std::size_t i = 0; i < matches_.size(); ++i) {
     const BudgetVerdict& verdict = result.verdicts[i];
     if (verdict.action == BudgetVerdict::Action::kPass) continue;
-    const BudgetMatch& match = matches_[i];
-    const Rule& rule = rules_.rules()[match.rule_index];
-    VerdictContext context;
-    context.prefix = statement.message_prefix;
-    context.budget = requests_[i].budget;
-    context.rule = rule.name;
-    if (match.has_instance && rule.each) context.each_key = *rule.each;
-    context.instance = match.instance;
-    context.predicted_seconds = predicted;
     const bool refusing = verdict.action == BudgetVerdict::Action::kRefuse;
-    Report report = FormatVerdict(context, verdict, refusing);
+    Report report = ReportFor(i, verdict, refusing, statement.message_prefix, predicted);
     if (refusing) {
       // The first refusing budget (in budget order) is the error; the others
       // are not reported, as the statement is refused anyway.
@@ -108,6 +154,35 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
     }
   }
   return decision;
+}
+
+Explanation AdmissionController::Explain(const StatementInfo& statement) {
+  if (table_ == nullptr) throw std::logic_error("explain without a bucket table");
+  Explanation explanation;
+  std::optional<double> predicted;
+  bool has_cost_limit = false;
+  const bool applies = Prepare(statement, &predicted, &has_cost_limit);
+  explanation.metadata = metadata_;
+  if (!applies) return explanation;
+  explanation.predicted_seconds = predicted;
+
+  const std::vector<BudgetVerdict> verdicts = table_->Evaluate(requests_);
+  explanation.budgets.reserve(matches_.size());
+  for (std::size_t i = 0; i < matches_.size(); ++i) {
+    const BudgetMatch& match = matches_[i];
+    BudgetExplanation& entry = explanation.budgets.emplace_back();
+    entry.budget = requests_[i].budget;
+    entry.rule = &rules_.rules()[match.rule_index];
+    entry.has_instance = match.has_instance;
+    entry.instance = match.instance;
+    entry.verdict = verdicts[i];
+    if (entry.verdict.action != BudgetVerdict::Action::kPass) {
+      entry.report =
+          ReportFor(i, entry.verdict, entry.verdict.action == BudgetVerdict::Action::kRefuse,
+                    statement.message_prefix, predicted);
+    }
+  }
+  return explanation;
 }
 
 bool AdmissionController::Release(std::int64_t holding, std::optional<double> cpu_seconds,

@@ -34,7 +34,9 @@
 //   free list, the header and every entry's identity (in_use, key, names).
 //   Exclusive: creating or evicting an entry (Admit of an instance not in the
 //   table), ResetCounters, AddWaiter, RemoveWaiter, ConsistencyProblem.
-//   Shared: Admit of instances that are all in the table, Release, Snapshot.
+//   Shared: Admit of instances that are all in the table, Release, Snapshot,
+//   Evaluate (which only copies states, one spinlock at a time, and decides
+//   on the copies after unlocking).
 //   Nothing changes an entry's identity or the index under the shared lock.
 // - Each entry's `state` is guarded by the entry's own spinlock (`spin`, an
 //   __atomic exchange on a plain uint32, as pg_stat_statements' per-entry
@@ -466,6 +468,15 @@ std::int32_t Find(const TableView& table, const AdmissionRequest& request, std::
   return kNoSlot;
 }
 
+// The state of an instance just added to the table.
+BucketState NewState(std::int64_t now_us) {
+  BucketState state{};
+  state.drain_per_second = -1;
+  state.debt_updated_us = now_us;
+  state.last_used_us = now_us;
+  return state;
+}
+
 // Under the exclusive table lock.
 std::int32_t FindOrCreate(const TableView& table, const AdmissionRequest& request,
                           std::uint64_t key_hash, std::int64_t now_us, const std::int32_t* pinned,
@@ -489,9 +500,7 @@ std::int32_t FindOrCreate(const TableView& table, const AdmissionRequest& reques
   entry.instance_bytes = static_cast<std::uint16_t>(display.size());
   display.copy(entry.instance, display.size());
   entry.next = kNoSlot;
-  entry.state.drain_per_second = -1;
-  entry.state.debt_updated_us = now_us;
-  entry.state.last_used_us = now_us;
+  entry.state = NewState(now_us);
   IndexInsert(table, slot);
   return slot;
 }
@@ -653,13 +662,49 @@ struct Pending {
   double cores = 1;
 };
 
+// The verdict of every request (into `verdicts`); true when any is refused.
+// states[i] is the state of request i's instance (the same pointer for
+// requests of the same instance, which slots[] tells apart): the entry itself
+// in Admit (spinlocked), a copy in Evaluate; nullptr for an untracked request.
+// Each state is first brought to now at its budget's current drain rate.
+// Admit and Evaluate share this, so explain() shows the decision Admit makes.
+bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending* pending,
+                   const std::int32_t* slots, BucketState* const* states, std::int64_t now_us,
+                   BudgetVerdict* verdicts) {
+  bool refused = false;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    const AdmissionRequest& request = requests[i];
+    const Budget& budget = *request.budget;
+    // Untracked requests (table full of busy instances) are judged as if the
+    // instance held nothing: a limit the statement alone exceeds still holds.
+    Standing standing;
+    if (states[i] != nullptr) {
+      BucketState& state = *states[i];
+      PrepareBucket(state, DrainRateOf(budget, pending[i].cores), now_us);
+      state.last_used_us = std::max(state.last_used_us, now_us);  // a refusal is a use too
+      standing.active = state.active;
+      standing.debt = state.debt;
+      for (std::size_t j = 0; j < i; ++j) {  // the same instance twice in one call
+        if (slots[j] != slots[i]) continue;
+        standing.active += requests[j].weight;
+        if (state.drain_per_second >= 0) standing.debt += pending[j].predicted.value_or(0.0);
+      }
+    }
+    verdicts[i] = Decide(budget, standing, request.weight, pending[i].predicted, pending[i].cores);
+    refused = refused || verdicts[i].action == BudgetVerdict::Action::kRefuse;
+  }
+  return refused;
+}
+
 // Decides every request and applies the outcome. Called with the table lock
 // held (either mode) and every slot in `slots` resolved; takes the entries'
-// spinlocks itself. `order` is scratch for `count` slot numbers. No allocation:
+// spinlocks itself. `order` and `states` are scratch for `count` slot numbers
+// and state pointers. No allocation:
 // result->verdicts is sized and result->holdings reserved by the caller.
 void DecideLocked(const TableView& table, const std::vector<AdmissionRequest>& requests,
-                  Pending* pending, std::int32_t* slots, std::int32_t* order, AttemptKind kind,
-                  std::int64_t wall_now_us, std::int64_t now_us, AdmitResult* result) {
+                  Pending* pending, std::int32_t* slots, std::int32_t* order, BucketState** states,
+                  AttemptKind kind, std::int64_t wall_now_us, std::int64_t now_us,
+                  AdmitResult* result) {
   using Action = BudgetVerdict::Action;
   const std::size_t count = requests.size();
 
@@ -671,29 +716,11 @@ void DecideLocked(const TableView& table, const std::vector<AdmissionRequest>& r
   std::sort(order, order + locked);
   for (std::size_t k = 0; k < locked; ++k) SpinLock(&table.entries[order[k]].spin);
 
-  bool refused = false;
   for (std::size_t i = 0; i < count; ++i) {
-    const AdmissionRequest& request = requests[i];
-    const Budget& budget = *request.budget;
-    // Untracked requests (table full of busy instances) are judged as if the
-    // instance held nothing: a limit the statement alone exceeds still holds.
-    Standing standing;
-    if (slots[i] != kNoSlot) {
-      BucketState& state = table.entries[slots[i]].state;
-      PrepareBucket(state, DrainRateOf(budget, pending[i].cores), now_us);
-      state.last_used_us = std::max(state.last_used_us, now_us);  // a refusal is a use too
-      standing.active = state.active;
-      standing.debt = state.debt;
-      for (std::size_t j = 0; j < i; ++j) {  // the same instance twice in one call
-        if (slots[j] != slots[i]) continue;
-        standing.active += requests[j].weight;
-        if (state.drain_per_second >= 0) standing.debt += pending[j].predicted.value_or(0.0);
-      }
-    }
-    result->verdicts[i] =
-        Decide(budget, standing, request.weight, pending[i].predicted, pending[i].cores);
-    refused = refused || result->verdicts[i].action == Action::kRefuse;
+    states[i] = slots[i] != kNoSlot ? &table.entries[slots[i]].state : nullptr;
   }
+  const bool refused =
+      JudgeRequests(requests, pending, slots, states, now_us, result->verdicts.data());
 
   if (refused) {
     result->may_wait = true;
@@ -839,6 +866,7 @@ AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, At
   SmallArray<Pending, 4> pending(count, Pending{});
   SmallArray<std::int32_t, 4> slots(count, kNoSlot);
   SmallArray<std::int32_t, 4> order(count, kNoSlot);
+  SmallArray<BucketState*, 4> states(count, nullptr);
   for (std::size_t i = 0; i < count; ++i) {
     const AdmissionRequest& request = requests[i];
     pending[i].hash = KeyHash(table.header->hash_seed, request.budget->name, request.has_instance,
@@ -858,8 +886,8 @@ AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, At
       all_found = slots[i] != kNoSlot;
     }
     if (all_found) {
-      DecideLocked(table, requests, pending.data(), slots.data(), order.data(), kind, wall_now_us,
-                   now_us, &result);
+      DecideLocked(table, requests, pending.data(), slots.data(), order.data(), states.data(), kind,
+                   wall_now_us, now_us, &result);
       return result;
     }
   }
@@ -870,9 +898,72 @@ AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, At
   for (std::size_t i = 0; i < count; ++i) {
     slots[i] = FindOrCreate(table, requests[i], pending[i].hash, now_us, slots.data(), i);
   }
-  DecideLocked(table, requests, pending.data(), slots.data(), order.data(), kind, wall_now_us,
-               now_us, &result);
+  DecideLocked(table, requests, pending.data(), slots.data(), order.data(), states.data(), kind,
+               wall_now_us, now_us, &result);
   return result;
+}
+
+std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequest>& requests) {
+  const std::size_t count = requests.size();
+  for (const AdmissionRequest& request : requests) {
+    if (request.budget == nullptr) throw std::invalid_argument("admission request without budget");
+  }
+  const TableView table = ViewOf(memory_);
+  std::vector<BudgetVerdict> verdicts(count);
+  std::vector<Pending> pending(count);
+  std::vector<std::int32_t> slots(count, kNoSlot);
+  std::vector<BucketState> copies(count);
+  std::vector<BucketState*> states(count, nullptr);
+  for (std::size_t i = 0; i < count; ++i) {
+    const AdmissionRequest& request = requests[i];
+    pending[i].hash = KeyHash(table.header->hash_seed, request.budget->name, request.has_instance,
+                              request.instance);
+    pending[i].predicted = UsablePrediction(request.predicted_seconds);
+    pending[i].cores = UsableCores(request.server_cores);
+  }
+  const std::int64_t now_us = clock_.NowMicros();
+
+  // Copy the states under the shared lock, one spinlock at a time; nothing
+  // in the table is written.
+  {
+    SharedGuard guard(lock_);
+    for (std::size_t i = 0; i < count; ++i) {
+      slots[i] = Find(table, requests[i], pending[i].hash);
+      if (slots[i] == kNoSlot) continue;
+      BucketEntry& entry = table.entries[slots[i]];
+      SpinGuard spin(entry);
+      copies[i] = entry.state;
+    }
+  }
+
+  // An instance not in the table is judged as Admit would create it. Requests
+  // of the same instance share one copy (and one slot number: a made-up
+  // negative one for a new instance), as they would share one entry.
+  std::int32_t next_new_slot = kNoSlot - 1;
+  for (std::size_t i = 0; i < count; ++i) {
+    std::size_t first = i;
+    for (std::size_t j = 0; j < i && first == i; ++j) {
+      const bool same = slots[i] != kNoSlot
+                            ? slots[j] == slots[i]
+                            : slots[j] < kNoSlot && pending[j].hash == pending[i].hash &&
+                                  requests[j].budget->name == requests[i].budget->name &&
+                                  requests[j].has_instance == requests[i].has_instance &&
+                                  requests[j].instance == requests[i].instance;
+      if (same) first = j;
+    }
+    if (first != i) {
+      slots[i] = slots[first];
+      states[i] = states[first];
+      continue;
+    }
+    if (slots[i] == kNoSlot) {
+      slots[i] = next_new_slot--;
+      copies[i] = NewState(now_us);
+    }
+    states[i] = &copies[i];
+  }
+  JudgeRequests(requests, pending.data(), slots.data(), states.data(), now_us, verdicts.data());
+  return verdicts;
 }
 
 bool BucketTable::Release(const Holding& holding, std::optional<double> actual_seconds) {

@@ -8,6 +8,7 @@
 #include <exception>
 #include <memory>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -15,7 +16,9 @@
 #include "traffic_control/bucket_table.hpp"
 #include "traffic_control/config.hpp"
 #include "traffic_control/estimator.hpp"
+#include "traffic_control/rule_counters.hpp"
 #include "traffic_control/ruleset.hpp"
+#include "traffic_control/status.hpp"
 
 namespace {
 
@@ -61,9 +64,24 @@ struct BackendState {
   tc::SteadyClock clock;
   std::unique_ptr<tc::BucketTable> table;
   std::unique_ptr<tc::PatternTable> patterns;
+  std::unique_ptr<tc::RuleCounterTable> rule_counters;
   // Storage behind the pointers handed out by tc_admit.
   tc::Decision decision;
   std::vector<tc_report> notices;
+  // ... and by the SQL interface's functions (one each).
+  std::vector<tc::BudgetStatusRow> budget_rows;
+  std::vector<tc_budget_status_row> budget_rows_c;
+  std::vector<tc::RuleStatusRow> rule_rows;
+  std::vector<tc_rule_status_row> rule_rows_c;
+  std::vector<tc_pattern_row> pattern_rows;
+  struct ExplainStrings {
+    std::string budget, instance, rule, mode, limit_name, detail;
+    bool has_instance = false;
+  };
+  std::vector<ExplainStrings> explain_strings;
+  std::vector<tc_explain_row> explain_rows;
+  tc::Metadata explain_metadata;
+  std::vector<tc_metadata_item> explain_metadata_c;
 };
 
 BackendState& State() {
@@ -72,13 +90,45 @@ BackendState& State() {
 }
 
 tc_report ToC(const tc::Report& report) {
-  return tc_report{report.message.c_str(), report.detail.c_str(),
-                   report.hint.empty() ? nullptr : report.hint.c_str()};
+  return tc_report{report.message.c_str(),
+                   report.detail.c_str(),
+                   report.hint.empty() ? nullptr : report.hint.c_str(),
+                   report.budget.c_str(),
+                   report.rule.c_str(),
+                   report.limit.c_str()};
 }
 
 std::optional<std::string_view> Optional(const char* text) {
   if (text == nullptr) return std::nullopt;
   return std::string_view(text);
+}
+
+// The statement as the core sees it; the pointers stay the caller's.
+tc::StatementInfo ToInfo(const tc_statement& statement) {
+  tc::StatementInfo info;
+  info.text = std::string_view(statement.text ? statement.text : "",
+                               statement.text ? statement.text_len : 0);
+  info.username = Optional(statement.username);
+  info.application_name = Optional(statement.application_name);
+  info.remote_address = Optional(statement.remote_address);
+  info.database = Optional(statement.database);
+  info.command = Optional(statement.command);
+  if (statement.has_query_id) info.query_id = statement.query_id;
+  info.parallel_workers = statement.parallel_workers;
+  info.plan_cost = statement.plan_cost;
+  info.server_cores = statement.server_cores;
+  info.wall_now_us = statement.wall_now_us;
+  info.message_prefix = statement.message_prefix ? statement.message_prefix : "";
+  return info;
+}
+
+// The attached state; the status functions need the shared tables.
+BackendState& AttachedState() {
+  BackendState& state = State();
+  if (!state.table || !state.patterns || !state.rule_counters) {
+    throw std::logic_error("the core is not attached to shared memory");
+  }
+  return state;
 }
 
 }  // namespace
@@ -111,7 +161,7 @@ bool tc_load_config(const char* budgets_json, const char* rules_json, tc_report_
     if (!tc::ParseRules(rules_json ? rules_json : "", &rules, &last_error)) return false;
     std::vector<tc::RuleProblem> problems;
     tc::RuleSet rule_set(std::move(budgets), std::move(rules), &problems);
-    State().controller.SetRuleSet(std::move(rule_set));
+    State().controller.SetRuleSet(std::move(rule_set), problems);
     if (report != nullptr) {
       for (const tc::RuleProblem& problem : problems) {
         report(problem.rule.c_str(), problem.message.c_str());
@@ -131,14 +181,37 @@ std::size_t BucketBytes(int max_buckets) {
   return AlignUp(tc::BucketTable::RequiredBytes(static_cast<std::uint32_t>(max_buckets)));
 }
 
+std::size_t PatternBytes(int max_patterns) {
+  return AlignUp(tc::PatternTable::RequiredBytes(static_cast<std::uint32_t>(max_patterns)));
+}
+
+// One (rule, budget) counter per bucket slot: far more than any configuration
+// has rules, and it grows with the installation's scale.
+std::size_t RuleCounterBytes(int max_buckets) {
+  return tc::RuleCounterTable::RequiredBytes(static_cast<std::uint32_t>(max_buckets));
+}
+
+// The block: bucket table, pattern table, rule counters, each 64-byte aligned.
+struct Spans {
+  tc::MemorySpan buckets, patterns, rule_counters;
+};
+
+Spans SpansOf(void* memory, int max_buckets, int max_patterns) {
+  auto* base = static_cast<char*>(memory);
+  const std::size_t bucket_bytes = BucketBytes(max_buckets);
+  const std::size_t pattern_bytes = PatternBytes(max_patterns);
+  return Spans{tc::MemorySpan{base, bucket_bytes},
+               tc::MemorySpan{base + bucket_bytes, pattern_bytes},
+               tc::MemorySpan{base + bucket_bytes + pattern_bytes, RuleCounterBytes(max_buckets)}};
+}
+
 }  // namespace
 
 size_t tc_shared_size(int max_buckets, int max_patterns) {
   size_t size = 0;
   const bool ok = Guarded([&] {
     if (max_buckets <= 0 || max_patterns <= 0) return false;
-    size = BucketBytes(max_buckets) +
-           tc::PatternTable::RequiredBytes(static_cast<std::uint32_t>(max_patterns));
+    size = BucketBytes(max_buckets) + PatternBytes(max_patterns) + RuleCounterBytes(max_buckets);
     return true;
   });
   return ok ? size : 0;
@@ -150,30 +223,32 @@ bool tc_shared_format(void* memory, size_t size, int max_buckets, int max_patter
       last_error = "traffic_control: shared memory too small";
       return false;
     }
-    const std::size_t bucket_bytes = BucketBytes(max_buckets);
-    tc::BucketTable::Initialize(tc::MemorySpan{memory, bucket_bytes},
-                                static_cast<std::uint32_t>(max_buckets));
-    tc::PatternTable::Initialize(
-        tc::MemorySpan{static_cast<char*>(memory) + bucket_bytes, size - bucket_bytes},
-        static_cast<std::uint32_t>(max_patterns));
+    const Spans spans = SpansOf(memory, max_buckets, max_patterns);
+    tc::BucketTable::Initialize(spans.buckets, static_cast<std::uint32_t>(max_buckets));
+    tc::PatternTable::Initialize(spans.patterns, static_cast<std::uint32_t>(max_patterns));
+    tc::RuleCounterTable::Initialize(spans.rule_counters, static_cast<std::uint32_t>(max_buckets));
     return true;
   });
 }
 
-bool tc_attach(void* memory, size_t size, int max_buckets, int /*max_patterns*/,
+bool tc_attach(void* memory, size_t size, int max_buckets, int max_patterns,
                const tc_lock_ops* bucket_lock, const tc_lock_ops* pattern_lock) {
   return Guarded([&] {
+    if (size < tc_shared_size(max_buckets, max_patterns)) {
+      last_error = "traffic_control: shared memory too small";
+      return false;
+    }
     BackendState& state = State();
-    const std::size_t bucket_bytes = BucketBytes(max_buckets);
+    const Spans spans = SpansOf(memory, max_buckets, max_patterns);
     state.bucket_lock = std::make_unique<ShimLock>(*bucket_lock);
     state.pattern_lock = std::make_unique<ShimLock>(*pattern_lock);
-    state.table = std::make_unique<tc::BucketTable>(tc::MemorySpan{memory, bucket_bytes},
-                                                    *state.bucket_lock, state.clock);
-    state.patterns = std::make_unique<tc::PatternTable>(
-        tc::MemorySpan{static_cast<char*>(memory) + bucket_bytes, size - bucket_bytes},
-        *state.pattern_lock, state.clock);
+    state.table = std::make_unique<tc::BucketTable>(spans.buckets, *state.bucket_lock, state.clock);
+    state.patterns =
+        std::make_unique<tc::PatternTable>(spans.patterns, *state.pattern_lock, state.clock);
+    state.rule_counters = std::make_unique<tc::RuleCounterTable>(spans.rule_counters);
     state.controller.AttachTable(state.table.get());
     state.controller.AttachPatterns(state.patterns.get());
+    state.controller.AttachRuleCounters(state.rule_counters.get());
     return true;
   });
 }
@@ -181,21 +256,7 @@ bool tc_attach(void* memory, size_t size, int max_buckets, int /*max_patterns*/,
 bool tc_admit(const tc_statement* statement, tc_attempt attempt, tc_admission* out) {
   return Guarded([&] {
     BackendState& state = State();
-    tc::StatementInfo info;
-    info.text = std::string_view(statement->text ? statement->text : "",
-                                 statement->text ? statement->text_len : 0);
-    info.username = Optional(statement->username);
-    info.application_name = Optional(statement->application_name);
-    info.remote_address = Optional(statement->remote_address);
-    info.database = Optional(statement->database);
-    info.command = Optional(statement->command);
-    if (statement->has_query_id) info.query_id = statement->query_id;
-    info.parallel_workers = statement->parallel_workers;
-    info.plan_cost = statement->plan_cost;
-    info.server_cores = statement->server_cores;
-    info.wall_now_us = statement->wall_now_us;
-    info.message_prefix = statement->message_prefix ? statement->message_prefix : "";
-
+    const tc::StatementInfo info = ToInfo(*statement);
     const tc::AttemptKind kind = attempt == TC_ATTEMPT_FIRST   ? tc::AttemptKind::kWillWait
                                  : attempt == TC_ATTEMPT_RETRY ? tc::AttemptKind::kRetry
                                                                : tc::AttemptKind::kFinal;
@@ -253,6 +314,142 @@ bool tc_waiter_add(void) {
 bool tc_waiter_remove(void) {
   return Guarded([&] {
     if (State().table) State().table->RemoveWaiter();
+    return true;
+  });
+}
+
+bool tc_budget_status(const tc_budget_status_row** rows, size_t* count) {
+  return Guarded([&] {
+    BackendState& state = AttachedState();
+    state.budget_rows_c.clear();
+    state.budget_rows = tc::BuildBudgetStatus(state.controller.rule_set(), state.table->Snapshot());
+    state.budget_rows_c.reserve(state.budget_rows.size());
+    for (const tc::BudgetStatusRow& row : state.budget_rows) {
+      const tc::BucketSnapshot& bucket = row.bucket;
+      tc_budget_status_row& out = state.budget_rows_c.emplace_back();
+      out.budget = bucket.budget.c_str();
+      out.instance = bucket.has_instance ? bucket.instance.c_str() : nullptr;
+      out.instance_len = bucket.has_instance ? bucket.instance.size() : 0;
+      out.mode = row.mode ? tc::ModeName(*row.mode).data() : nullptr;  // static strings
+      out.active = bucket.active;
+      out.debt_seconds = bucket.debt_seconds;
+      out.admitted = bucket.admitted;
+      out.warned = bucket.warned;
+      out.blocked_max_concurrent = bucket.blocked_max_concurrent;
+      out.blocked_per_query_limit = bucket.blocked_per_query_limit;
+      out.blocked_server_share = bucket.blocked_server_share;
+      out.queued = bucket.queued;
+      out.last_blocked_at_us = bucket.last_blocked_at_us;
+    }
+    *rows = state.budget_rows_c.empty() ? nullptr : state.budget_rows_c.data();
+    *count = state.budget_rows_c.size();
+    return true;
+  });
+}
+
+bool tc_rule_status(const tc_rule_status_row** rows, size_t* count) {
+  return Guarded([&] {
+    BackendState& state = AttachedState();
+    state.rule_rows_c.clear();
+    state.rule_rows = tc::BuildRuleStatus(state.controller.rule_set(), state.controller.problems(),
+                                          state.rule_counters.get());
+    state.rule_rows_c.reserve(state.rule_rows.size());
+    for (const tc::RuleStatusRow& row : state.rule_rows) {
+      tc_rule_status_row& out = state.rule_rows_c.emplace_back();
+      out.rule = row.rule.c_str();
+      out.budget = row.budget.c_str();
+      out.has_matched = row.matched.has_value();
+      out.matched = row.matched.value_or(0);
+      out.problem = row.problem.empty() ? nullptr : row.problem.c_str();
+    }
+    *rows = state.rule_rows_c.empty() ? nullptr : state.rule_rows_c.data();
+    *count = state.rule_rows_c.size();
+    return true;
+  });
+}
+
+bool tc_pattern_estimates(const tc_pattern_row** rows, size_t* count) {
+  return Guarded([&] {
+    BackendState& state = AttachedState();
+    state.pattern_rows.clear();
+    const std::vector<tc::PatternSnapshot> patterns = state.patterns->Snapshot();
+    state.pattern_rows.reserve(patterns.size());
+    for (const tc::PatternSnapshot& pattern : patterns) {
+      tc_pattern_row& out = state.pattern_rows.emplace_back();
+      // The query id's bits, as PostgreSQL shows it (a signed bigint).
+      out.query_id = static_cast<std::int64_t>(pattern.query_id);
+      out.calls = pattern.calls;
+      out.mean_cpu_seconds = pattern.mean_cpu_seconds;
+      out.mean_plan_cost = pattern.mean_plan_cost;
+      out.k = pattern.k;
+    }
+    *rows = state.pattern_rows.empty() ? nullptr : state.pattern_rows.data();
+    *count = state.pattern_rows.size();
+    return true;
+  });
+}
+
+bool tc_reset_counters(void) {
+  return Guarded([&] {
+    BackendState& state = AttachedState();
+    state.table->ResetCounters();
+    state.rule_counters->ResetCounts();
+    return true;
+  });
+}
+
+bool tc_explain(const tc_statement* statement, tc_explanation* out) {
+  return Guarded([&] {
+    BackendState& state = AttachedState();
+    tc::Explanation explanation = state.controller.Explain(ToInfo(*statement));
+
+    // Copy everything (the rule set may be replaced before the caller reads),
+    // then point into the copies once no vector grows any more.
+    state.explain_rows.clear();
+    state.explain_metadata_c.clear();
+    state.explain_strings.clear();
+    state.explain_strings.reserve(explanation.budgets.size());
+    for (const tc::BudgetExplanation& budget : explanation.budgets) {
+      BackendState::ExplainStrings& strings = state.explain_strings.emplace_back();
+      strings.budget = budget.budget->name;
+      strings.has_instance = budget.has_instance;
+      strings.instance = budget.instance;
+      strings.rule = budget.rule->name;
+      strings.mode = std::string(tc::ModeName(budget.budget->mode));
+      strings.limit_name = std::string(tc::LimitName(budget.verdict.limit));
+      strings.detail = budget.report.detail;
+    }
+    state.explain_metadata = std::move(explanation.metadata);
+
+    state.explain_rows.reserve(state.explain_strings.size());
+    for (std::size_t i = 0; i < state.explain_strings.size(); ++i) {
+      const BackendState::ExplainStrings& strings = state.explain_strings[i];
+      const tc::BudgetVerdict::Action action = explanation.budgets[i].verdict.action;
+      tc_explain_row& row = state.explain_rows.emplace_back();
+      row.budget = strings.budget.c_str();
+      row.instance = strings.has_instance ? strings.instance.c_str() : nullptr;
+      row.instance_len = strings.has_instance ? strings.instance.size() : 0;
+      row.rule = strings.rule.c_str();
+      row.mode = strings.mode.c_str();
+      row.decision = action == tc::BudgetVerdict::Action::kRefuse ? TC_DECISION_REFUSE
+                     : action == tc::BudgetVerdict::Action::kWarn ? TC_DECISION_WARN
+                                                                  : TC_DECISION_ADMIT;
+      row.limit_name = strings.limit_name.empty() ? nullptr : strings.limit_name.c_str();
+      row.detail = strings.detail.empty() ? nullptr : strings.detail.c_str();
+    }
+    state.explain_metadata_c.reserve(state.explain_metadata.items().size());
+    for (const auto& [key, value] : state.explain_metadata.items()) {
+      state.explain_metadata_c.push_back(
+          tc_metadata_item{key.c_str(), key.size(), value.c_str(), value.size()});
+    }
+
+    std::memset(out, 0, sizeof *out);
+    out->row_count = state.explain_rows.size();
+    out->rows = state.explain_rows.empty() ? nullptr : state.explain_rows.data();
+    out->metadata_count = state.explain_metadata_c.size();
+    out->metadata = state.explain_metadata_c.empty() ? nullptr : state.explain_metadata_c.data();
+    out->has_prediction = explanation.predicted_seconds.has_value();
+    out->predicted_seconds = explanation.predicted_seconds.value_or(0);
     return true;
   });
 }

@@ -68,6 +68,9 @@ std::string LimitAndLevel(const Budget& budget, const BudgetVerdict& verdict) {
 Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict, bool refused) {
   Report report;
   const std::string limit_name(LimitName(verdict.limit));
+  report.budget = context.budget->name;
+  report.rule = std::string(context.rule);
+  report.limit = limit_name;
   report.message = std::string(context.prefix) +
                    (refused ? " query blocked by budget " : " query would be blocked by budget ") +
                    Quote(context.budget->name) + ": " + limit_name + " exceeded";

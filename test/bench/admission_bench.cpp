@@ -26,6 +26,7 @@
 #include "traffic_control/admission.hpp"
 #include "traffic_control/bucket_table.hpp"
 #include "traffic_control/estimator.hpp"
+#include "traffic_control/rule_counters.hpp"
 #include "traffic_control/ruleset.hpp"
 #include "traffic_control/shared_state.hpp"
 
@@ -173,9 +174,12 @@ constexpr std::string_view kNoComment = "SELECT * FROM accounts WHERE id = $1";
 struct Backend {
   explicit Backend(tc::RuleSet rules, bool rw_lock = false)
       : buckets(tc::BucketTable::RequiredBytes(kBuckets)),
-        patterns(tc::PatternTable::RequiredBytes(kPatterns)) {
+        patterns(tc::PatternTable::RequiredBytes(kPatterns)),
+        counters(tc::RuleCounterTable::RequiredBytes(kBuckets)) {
     tc::BucketTable::Initialize(buckets.span(), kBuckets);
     tc::PatternTable::Initialize(patterns.span(), kPatterns);
+    tc::RuleCounterTable::Initialize(counters.span(), kBuckets);
+    rule_counters = std::make_unique<tc::RuleCounterTable>(counters.span());
     if (rw_lock) {
       bucket_lock = std::make_unique<RwLock>();
       pattern_lock = std::make_unique<RwLock>();
@@ -190,9 +194,11 @@ struct Backend {
     controller.SetRuleSet(std::move(rules));
     controller.AttachTable(bucket_table.get());
     controller.AttachPatterns(pattern_table.get());
+    controller.AttachRuleCounters(rule_counters.get());  // rule_status.matched, as in the server
   }
 
-  Segment buckets, patterns;
+  Segment buckets, patterns, counters;
+  std::unique_ptr<tc::RuleCounterTable> rule_counters;
   std::unique_ptr<tc::TableLock> bucket_lock, pattern_lock;
   tc::SteadyClock clock;
   std::unique_ptr<tc::BucketTable> bucket_table;

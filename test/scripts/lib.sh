@@ -9,7 +9,7 @@ tc_log() { printf '\n==> %s\n' "$*"; }
 # Installs the Debian packages the build and the tests need, when missing.
 tc_install_dependencies() {
   local packages=(g++ make cmake pkg-config postgresql-15 postgresql-server-dev-15
-    postgresql-contrib-15 nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev
+    nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev
     libbenchmark-dev libkrb5-dev libipc-run-perl "$@")
   local missing=()
   for p in "${packages[@]}"; do
