@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "traffic_control/config.hpp"
@@ -51,6 +52,16 @@ class RuleSet {
   // True when no rule can ever match (fast path: nothing to do per statement).
   bool empty() const { return active_rule_count_ == 0; }
 
+  // True when some rule that can match names `key` in a condition or in
+  // `each`. Metadata under other keys cannot change any match, so the server
+  // does not build it (a handful of keys: a linear scan is fastest).
+  bool UsesKey(std::string_view key) const {
+    for (const std::string& used : used_keys_) {
+      if (used == key) return true;
+    }
+    return false;
+  }
+
  private:
   // The compiled rules and lookup tables (abseil hash maps), defined in
   // ruleset.cpp so that users of this header do not compile abseil. Shared and
@@ -60,6 +71,7 @@ class RuleSet {
   std::vector<Budget> budgets_;
   std::vector<Rule> rules_;
   std::size_t active_rule_count_ = 0;
+  std::vector<std::string> used_keys_;
   std::shared_ptr<const Index> index_;
 };
 

@@ -9,18 +9,33 @@
 
 namespace tc {
 
-void BuildMetadata(const StatementInfo& statement, Metadata* metadata) {
+void BuildMetadata(const StatementInfo& statement, Metadata* metadata,
+                   const RuleSet* only_keys_of) {
   metadata->Clear();
-  auto set = [metadata](std::string_view key, const std::optional<std::string_view>& value) {
-    if (value) metadata->SetBuiltin(key, *value);
+  auto wanted = [only_keys_of](std::string_view key) {
+    return only_keys_of == nullptr || only_keys_of->UsesKey(key);
+  };
+  auto set = [&](std::string_view key, const std::optional<std::string_view>& value) {
+    if (value && wanted(key)) metadata->SetBuiltin(key, *value);
   };
   set("username", statement.username);
   set("application_name", statement.application_name);
   set("remote_address", statement.remote_address);
   set("database", statement.database);
   set("command", statement.command);
-  if (statement.query_id) metadata->SetBuiltin("query_id", std::to_string(*statement.query_id));
-  metadata->AddTags(ParseSqlCommenterTags(statement.text));
+  if (statement.query_id && wanted("query_id")) {
+    metadata->SetBuiltin("query_id", std::to_string(*statement.query_id));
+  }
+  std::vector<Tag> tags = ParseSqlCommenterTags(statement.text);
+  if (only_keys_of != nullptr && !tags.empty()) {
+    // Built-in keys stay in the list: AddTags must still see (and ignore) a
+    // tag that tries to set one.
+    tags.erase(
+        std::remove_if(tags.begin(), tags.end(),
+                       [&](const Tag& tag) { return !IsBuiltinKey(tag.key) && !wanted(tag.key); }),
+        tags.end());
+  }
+  metadata->AddTags(tags);
 }
 
 void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> problems) {
@@ -38,7 +53,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
                                   bool* has_cost_limit) {
   *predicted = std::nullopt;
   *has_cost_limit = false;
-  BuildMetadata(statement, &metadata_);
+  BuildMetadata(statement, &metadata_, &rules_);
   matches_.clear();
   requests_.clear();
   rules_.Match(metadata_, &matches_);
@@ -162,7 +177,7 @@ Explanation AdmissionController::Explain(const StatementInfo& statement) {
   std::optional<double> predicted;
   bool has_cost_limit = false;
   const bool applies = Prepare(statement, &predicted, &has_cost_limit);
-  explanation.metadata = metadata_;
+  BuildMetadata(statement, &explanation.metadata);  // every key, for the DBA to read
   if (!applies) return explanation;
   explanation.predicted_seconds = predicted;
 

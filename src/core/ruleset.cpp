@@ -258,6 +258,11 @@ RuleSet::RuleSet(std::vector<Budget> budgets, std::vector<Rule> rules,
     }
     if (!compiled.active) continue;
     ++active_rule_count_;
+    auto note_key = [this](const std::string& key) {
+      if (!UsesKey(key)) used_keys_.push_back(key);
+    };
+    for (const Condition& condition : rule.match) note_key(condition.key);
+    if (rule.each) note_key(*rule.each);
     for (const CompiledCondition& condition : compiled.conditions) {
       for (const IndexEntry& entry : EntriesOf(condition)) {
         if (entry.is_remote_address) {
