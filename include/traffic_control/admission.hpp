@@ -137,6 +137,34 @@ class AdmissionController {
   };
   absl::flat_hash_map<std::int64_t, Held> holdings_;
   std::int64_t next_holding_ = 1;
+
+  // Backend-local cache of known predictions, keyed by pattern and plan cost
+  // (a prepared statement's generic plan keeps its cost): most statements
+  // then touch no shared cache line of the estimator. An entry is asked again
+  // after kPredictionReuses uses or kPredictionMaxAgeUs; unknown predictions
+  // are never cached, so a new pattern is learned as soon as it is recorded.
+  std::optional<double> CachedPredict(std::uint64_t query_id, double plan_cost);
+  static constexpr std::uint32_t kPredictionReuses = 64;
+  static constexpr std::int64_t kPredictionMaxAgeUs = 1'000'000;
+  static constexpr std::size_t kPredictionCacheSize = 1024;
+  struct CachedPrediction {
+    double seconds = 0;
+    std::int64_t fetched_us = 0;
+    std::uint32_t uses = 0;
+  };
+  struct PredictionKey {
+    std::uint64_t query_id;
+    double plan_cost;
+    bool operator==(const PredictionKey& o) const {
+      return query_id == o.query_id && plan_cost == o.plan_cost;
+    }
+    template <typename H>
+    friend H AbslHashValue(H h, const PredictionKey& key) {
+      return H::combine(std::move(h), key.query_id, key.plan_cost);
+    }
+  };
+  absl::flat_hash_map<PredictionKey, CachedPrediction> predictions_;
+  SteadyClock cache_clock_;
   // Per-statement scratch, reused to keep the hot path allocation-light.
   Metadata metadata_;
   std::vector<BudgetMatch> matches_;

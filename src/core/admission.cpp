@@ -68,7 +68,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
   const std::uint64_t query_id =
       statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
   if (*has_cost_limit && patterns_ != nullptr && query_id != 0) {
-    *predicted = patterns_->Predict(query_id, statement.plan_cost);
+    *predicted = CachedPredict(query_id, statement.plan_cost);
   }
 
   const std::uint32_t weight =
@@ -169,6 +169,28 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
     }
   }
   return decision;
+}
+
+std::optional<double> AdmissionController::CachedPredict(std::uint64_t query_id, double plan_cost) {
+  const std::int64_t now = cache_clock_.NowMicros();
+  const PredictionKey key{query_id, plan_cost};
+  auto it = predictions_.find(key);
+  if (it != predictions_.end() && it->second.uses < kPredictionReuses &&
+      now - it->second.fetched_us < kPredictionMaxAgeUs && now >= it->second.fetched_us) {
+    ++it->second.uses;
+    return it->second.seconds;
+  }
+  const std::optional<double> predicted = patterns_->Predict(query_id, plan_cost);
+  if (!predicted) {
+    if (it != predictions_.end()) predictions_.erase(it);
+    return predicted;
+  }
+  if (it == predictions_.end()) {
+    if (predictions_.size() >= kPredictionCacheSize) predictions_.clear();
+    it = predictions_.emplace(key, CachedPrediction{}).first;
+  }
+  it->second = CachedPrediction{*predicted, now, 1};
+  return predicted;
 }
 
 Explanation AdmissionController::Explain(const StatementInfo& statement) {
