@@ -77,6 +77,9 @@ class ExplainTest : public ::testing::Test {
   }
 
   std::uint64_t Matched(const std::string& rule, const std::string& budget) {
+    // Counts are added to the shared table in batches; a reader of
+    // rule_status flushes its own backend's first, as here.
+    controller_.FlushRuleCounts();
     const std::int32_t slot = counters_->Find(rule, budget);
     return slot == RuleCounterTable::kNoSlot ? 0 : counters_->Count(slot);
   }
@@ -252,6 +255,59 @@ TEST_F(ExplainTest, TheProblemsOfTheRuleSetAreKept) {
   ASSERT_EQ(controller_.problems().size(), 1u);
   EXPECT_EQ(controller_.problems()[0].rule, "r");
   EXPECT_EQ(controller_.problems()[0].message, "budget \"missing\" does not exist; rule skipped");
+}
+
+}  // namespace
+}  // namespace tc
+
+namespace tc {
+namespace {
+
+TEST(RuleCountBatching, CountsReachTheSharedTableInBatchesAndOnFlush) {
+  std::vector<Budget> budgets(1);
+  budgets[0].name = "b";
+  budgets[0].mode = Mode::kWarn;
+  std::vector<Rule> rules(1);
+  rules[0].name = "r";
+  rules[0].budget = "b";
+  rules[0].match.push_back(Condition{"route", {"x"}});
+  AdmissionController controller;
+  controller.SetRuleSet(RuleSet(budgets, rules, nullptr), {});
+
+  std::vector<std::uint64_t> memory(RuleCounterTable::RequiredBytes(16) / 8 + 1);
+  const MemorySpan span{memory.data(), memory.size() * 8};
+  RuleCounterTable::Initialize(span, 16);
+  RuleCounterTable counters(span);
+  std::vector<std::uint64_t> bucket_memory(BucketTable::RequiredBytes(16) / 8 + 1);
+  const MemorySpan bucket_span{bucket_memory.data(), bucket_memory.size() * 8};
+  BucketTable::Initialize(bucket_span, 16);
+  struct NoLock final : TableLock {
+    void LockExclusive() override {}
+    void LockShared() override {}
+    void Unlock() override {}
+  } lock;
+  SteadyClock clock;
+  BucketTable table(bucket_span, lock, clock);
+  controller.AttachTable(&table);
+  controller.AttachRuleCounters(&counters);
+
+  StatementInfo statement;
+  statement.text = "SELECT 1 /*route='x'*/";
+  auto shared_count = [&] {
+    const std::int32_t slot = counters.Find("r", "b");
+    return slot == RuleCounterTable::kNoSlot ? 0 : counters.Count(slot);
+  };
+  for (std::uint32_t i = 1; i < AdmissionController::kRuleCountBatch; ++i) {
+    controller.ReleaseAll();
+    controller.Admit(statement, AttemptKind::kFinal);
+  }
+  EXPECT_EQ(shared_count(), 0u);  // still pending in this backend
+  controller.Admit(statement, AttemptKind::kFinal);
+  EXPECT_EQ(shared_count(), AdmissionController::kRuleCountBatch);  // a full batch is added
+  controller.Admit(statement, AttemptKind::kFinal);
+  controller.FlushRuleCounts();
+  EXPECT_EQ(shared_count(), AdmissionController::kRuleCountBatch + 1);
+  controller.ReleaseAll();
 }
 
 }  // namespace

@@ -106,6 +106,15 @@ class AdmissionController {
   bool Release(std::int64_t holding, std::optional<double> cpu_seconds = std::nullopt,
                bool completed = false);
   bool ReleaseAll();
+
+  // Adds this backend's pending rule match counts to the shared counters
+  // (they are added in batches of kRuleCountBatch: one shared cache line
+  // written per batch instead of per statement). Called before the counters
+  // are read and when the backend exits.
+  void FlushRuleCounts();
+  // Forgets the pending counts (reset()).
+  void DropPendingRuleCounts();
+  static constexpr std::uint32_t kRuleCountBatch = 32;
   std::size_t held_count() const { return holdings_.size(); }
 
  private:
@@ -119,6 +128,8 @@ class AdmissionController {
                    std::string_view prefix, const std::optional<double>& predicted) const;
   // Adds 1 to the counter of the rule of every match.
   void CountMatches();
+  std::vector<std::uint32_t> pending_counts_;  // per rule, not yet in the shared table
+  std::uint32_t pending_total_ = 0;
 
   RuleSet rules_;
   std::vector<RuleProblem> problems_;

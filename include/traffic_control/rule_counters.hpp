@@ -40,7 +40,8 @@ class RuleCounterTable {
   std::int32_t Find(std::string_view rule, std::string_view budget) const;
 
   // One atomic add; `slot` from Resolve (kNoSlot is ignored).
-  void Increment(std::int32_t slot);
+  void Increment(std::int32_t slot) { Add(slot, 1); }
+  void Add(std::int32_t slot, std::uint64_t count);
   // The counter's value; 0 for kNoSlot.
   std::uint64_t Count(std::int32_t slot) const;
   // Sets every counter to 0 (keys stay). Increments racing with it may or

@@ -39,14 +39,18 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata,
 }
 
 void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> problems) {
+  FlushRuleCounts();  // the pending counts belong to the old rules' slots
   rules_ = std::move(rules);
   problems_ = std::move(problems);
   rule_slots_.assign(rules_.rules().size(), kUnresolved);
+  pending_counts_.assign(rule_slots_.size(), 0);
 }
 
 void AdmissionController::AttachRuleCounters(RuleCounterTable* counters) {
+  FlushRuleCounts();
   rule_counters_ = counters;
   rule_slots_.assign(rules_.rules().size(), kUnresolved);
+  pending_counts_.assign(rule_slots_.size(), 0);
 }
 
 bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<double>* predicted,
@@ -112,8 +116,28 @@ void AdmissionController::CountMatches() {
       const Rule& rule = rules_.rules()[match.rule_index];
       slot = rule_counters_->Resolve(rule.name, rule.budget);
     }
-    rule_counters_->Increment(slot);  // kNoSlot (table full): not counted
+    if (pending_counts_.size() != rule_slots_.size()) pending_counts_.assign(rule_slots_.size(), 0);
+    ++pending_counts_[match.rule_index];
+    ++pending_total_;
   }
+  if (pending_total_ >= kRuleCountBatch) FlushRuleCounts();
+}
+
+void AdmissionController::FlushRuleCounts() {
+  if (pending_total_ == 0) return;
+  pending_total_ = 0;
+  for (std::size_t rule = 0; rule < pending_counts_.size(); ++rule) {
+    if (pending_counts_[rule] == 0) continue;
+    if (rule_counters_ != nullptr && rule < rule_slots_.size()) {
+      rule_counters_->Add(rule_slots_[rule], pending_counts_[rule]);  // kNoSlot: not counted
+    }
+    pending_counts_[rule] = 0;
+  }
+}
+
+void AdmissionController::DropPendingRuleCounts() {
+  pending_counts_.assign(pending_counts_.size(), 0);
+  pending_total_ = 0;
 }
 
 Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind attempt) {

@@ -299,6 +299,7 @@ bool tc_release(int64_t holding, double cpu_seconds, bool completed, bool* wake)
 
 bool tc_release_all(bool* wake) {
   return Guarded([&] {
+    State().controller.FlushRuleCounts();
     *wake = State().controller.ReleaseAll();
     return true;
   });
@@ -350,6 +351,7 @@ bool tc_budget_status(const tc_budget_status_row** rows, size_t* count) {
 bool tc_rule_status(const tc_rule_status_row** rows, size_t* count) {
   return Guarded([&] {
     BackendState& state = AttachedState();
+    state.controller.FlushRuleCounts();
     state.rule_rows_c.clear();
     state.rule_rows = tc::BuildRuleStatus(state.controller.rule_set(), state.controller.problems(),
                                           state.rule_counters.get());
@@ -393,6 +395,7 @@ bool tc_reset_counters(void) {
   return Guarded([&] {
     BackendState& state = AttachedState();
     state.table->ResetCounters();
+    state.controller.DropPendingRuleCounts();
     state.rule_counters->ResetCounts();
     return true;
   });

@@ -271,9 +271,9 @@ std::int32_t RuleCounterTable::Resolve(std::string_view rule, std::string_view b
   }
 }
 
-void RuleCounterTable::Increment(std::int32_t slot) {
+void RuleCounterTable::Add(std::int32_t slot, std::uint64_t count) {
   if (slot < 0 || static_cast<std::uint32_t>(slot) >= HeaderOf(memory_)->slot_count) return;
-  __atomic_fetch_add(&EntriesOf(memory_)[slot].matched, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&EntriesOf(memory_)[slot].matched, count, __ATOMIC_RELAXED);
 }
 
 std::uint64_t RuleCounterTable::Count(std::int32_t slot) const {
