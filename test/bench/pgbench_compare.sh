@@ -6,9 +6,9 @@
 #      (enforce, max_concurrent and server_share limits far above the load, so
 #      the concurrency slot, the leaky bucket and the estimator all do their
 #      work on every statement)
-# Each round restarts the server once per arm and runs `pgbench -S -M prepared`
-# for DURATION seconds; the ratios B/A and C/A are printed per round and as
-# medians. Usage: test/bench/pgbench_compare.sh [ROUNDS] [DURATION] [CLIENTS]
+# Each round restarts the server once per arm (the arms' order rotates from
+# round to round) and runs `pgbench -S -M prepared` for DURATION seconds; the
+# ratios B/A and C/A are printed per round and as medians. Usage: test/bench/pgbench_compare.sh [ROUNDS] [DURATION] [CLIENTS]
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$TC_ROOT"
@@ -66,8 +66,11 @@ run_arm() {
 
 declare -A TPS
 echo "round  A_not_loaded  B_no_rules  C_1000_rules  B/A     C/A"
+ORDERS=("A B C" "B C A" "C A B")
 for round in $(seq 1 "$ROUNDS"); do
-  for arm in A B C; do
+  # Rotate the order of the arms from round to round, so that a drift of the
+  # machine within a round (or the position after a restart) favours no arm.
+  for arm in ${ORDERS[$(( (round - 1) % 3 ))]}; do
     set_arm "$arm"
     "$PG_BINDIR/pgbench" -S -M prepared -n -c "$CLIENTS" -j "$CLIENTS" -T 2 postgres >/dev/null 2>&1  # warm up
     TPS[$arm,$round]="$(run_arm)"
