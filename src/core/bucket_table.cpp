@@ -71,6 +71,8 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "traffic_control/shm_primitives.hpp"
+
 namespace tc {
 namespace {
 
@@ -139,33 +141,7 @@ static_assert(std::is_trivially_copyable_v<BucketEntry> && std::is_standard_layo
 static_assert(kMaxInstanceDisplayBytes <= UINT16_MAX);
 static_assert(kMaxBudgetNameBytes <= UINT8_MAX);
 
-// --- Spinlocks ------------------------------------------------------------------
-
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-void SpinLock(std::uint32_t* word) {
-  constexpr int kSpinsBeforeYield = 100;
-  int spins = 0;
-  while (__atomic_exchange_n(word, 1u, __ATOMIC_ACQUIRE) != 0) {
-    // Test before test-and-set: wait on a shared cache line, not by writing.
-    while (__atomic_load_n(word, __ATOMIC_RELAXED) != 0) {
-      if (++spins < kSpinsBeforeYield) {
-        CpuRelax();
-      } else {
-        spins = 0;
-        sched_yield();  // the holder may have been descheduled
-      }
-    }
-  }
-}
-
-void SpinUnlock(std::uint32_t* word) { __atomic_store_n(word, 0u, __ATOMIC_RELEASE); }
+// --- Spinlocks: see shm_primitives.hpp ------------------------------------------
 
 class SpinGuard {
  public:
@@ -796,19 +772,9 @@ std::size_t BucketTable::RequiredBytes(std::uint32_t capacity) {
 
 void BucketTable::Initialize(MemorySpan memory, std::uint32_t capacity) {
   const Layout layout = ComputeLayout(capacity);
-  if (memory.data == nullptr || memory.size < layout.total_bytes) {
-    throw std::invalid_argument("bucket table memory is smaller than RequiredBytes(capacity)");
-  }
-  if (reinterpret_cast<std::uintptr_t>(memory.data) % alignof(TableHeader) != 0) {
-    throw std::invalid_argument("bucket table memory is not 8-byte aligned");
-  }
-  std::uint64_t seed = 0;
-  try {
-    std::random_device random;
-    seed = (static_cast<std::uint64_t>(random()) << 32) ^ random();
-  } catch (const std::exception&) {
-    // No entropy source: a fixed seed still works, it is only predictable.
-  }
+  CheckTableMemory(memory.data, memory.size, layout.total_bytes, alignof(TableHeader),
+                   "bucket table");
+  const std::uint64_t seed = RandomSeed();
 
   std::memset(memory.data, 0, layout.total_bytes);
   auto* header = static_cast<TableHeader*>(memory.data);

@@ -54,6 +54,8 @@
 #include <string>
 #include <type_traits>
 
+#include "traffic_control/shm_primitives.hpp"
+
 namespace tc {
 namespace {
 
@@ -106,39 +108,8 @@ static_assert(std::is_trivially_copyable_v<PatternHeader> &&
 static_assert(std::is_trivially_copyable_v<PatternEntry> &&
               std::is_standard_layout_v<PatternEntry>);
 
-// --- Spinlocks (as in bucket_table.cpp) -----------------------------------------
-
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-class SpinGuard {
- public:
-  explicit SpinGuard(std::uint32_t& word) : word_(&word) {
-    constexpr int kSpinsBeforeYield = 100;
-    int spins = 0;
-    while (__atomic_exchange_n(word_, 1u, __ATOMIC_ACQUIRE) != 0) {
-      while (__atomic_load_n(word_, __ATOMIC_RELAXED) != 0) {
-        if (++spins < kSpinsBeforeYield) {
-          CpuRelax();
-        } else {
-          spins = 0;
-          sched_yield();
-        }
-      }
-    }
-  }
-  ~SpinGuard() { __atomic_store_n(word_, 0u, __ATOMIC_RELEASE); }
-  SpinGuard(const SpinGuard&) = delete;
-  SpinGuard& operator=(const SpinGuard&) = delete;
-
- private:
-  std::uint32_t* word_;
-};
+// Spinlocks: SpinWordGuard from shm_primitives.hpp.
+using SpinGuard = SpinWordGuard;
 
 // --- Layout ---------------------------------------------------------------------
 
@@ -314,19 +285,9 @@ std::size_t PatternTable::RequiredBytes(std::uint32_t capacity) {
 
 void PatternTable::Initialize(MemorySpan memory, std::uint32_t capacity) {
   const Layout layout = ComputeLayout(capacity);
-  if (memory.data == nullptr || memory.size < layout.total_bytes) {
-    throw std::invalid_argument("pattern table memory is smaller than RequiredBytes(capacity)");
-  }
-  if (reinterpret_cast<std::uintptr_t>(memory.data) % alignof(PatternHeader) != 0) {
-    throw std::invalid_argument("pattern table memory is not 8-byte aligned");
-  }
-  std::uint64_t seed = 0;
-  try {
-    std::random_device random;
-    seed = (static_cast<std::uint64_t>(random()) << 32) ^ random();
-  } catch (const std::exception&) {
-    // No entropy source: a fixed seed still works, it is only predictable.
-  }
+  CheckTableMemory(memory.data, memory.size, layout.total_bytes, alignof(PatternHeader),
+                   "pattern table");
+  const std::uint64_t seed = RandomSeed();
   std::memset(memory.data, 0, layout.total_bytes);
   auto* header = static_cast<PatternHeader*>(memory.data);
   header->magic = kMagic;

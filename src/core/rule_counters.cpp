@@ -42,6 +42,8 @@
 #include <string>
 #include <type_traits>
 
+#include "traffic_control/shm_primitives.hpp"
+
 namespace tc {
 namespace {
 
@@ -148,27 +150,13 @@ CounterEntry* EntriesOf(MemorySpan memory) {
   return reinterpret_cast<CounterEntry*>(static_cast<unsigned char*>(memory.data) + kEntriesOffset);
 }
 
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
 // The entry's state once it is no longer being written (kEmpty or kReady).
 std::uint32_t SettledState(const CounterEntry& entry) {
-  constexpr int kSpinsBeforeYield = 100;
-  int spins = 0;
+  SpinBackoff backoff;
   for (;;) {
     const std::uint32_t state = __atomic_load_n(&entry.state, __ATOMIC_ACQUIRE);
     if (state != kWriting) return state;
-    if (++spins < kSpinsBeforeYield) {
-      CpuRelax();
-    } else {
-      spins = 0;
-      sched_yield();  // the writer may have been descheduled
-    }
+    backoff.Pause();  // the writer may have been descheduled
   }
 }
 

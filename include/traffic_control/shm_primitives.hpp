@@ -1,0 +1,73 @@
+// Primitives shared by the core's shared-memory tables (bucket table, pattern
+// table, rule counters): spinlocks on a plain uint32 word (an atomic exchange,
+// as pg_stat_statements' per-entry mutex, since shared memory holds plain
+// structs only), the backoff they wait with, and the random seed that keeps
+// clients from aiming hash collisions at an index.
+#pragma once
+#include <sched.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "traffic_control/core_header_guard.hpp"
+
+namespace tc {
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+// Spins a little, then yields: the process being waited for may have been
+// descheduled, and spinning would only keep it off the CPU.
+class SpinBackoff {
+ public:
+  void Pause() {
+    if (++spins_ < kSpinsBeforeYield) {
+      CpuRelax();
+    } else {
+      spins_ = 0;
+      sched_yield();
+    }
+  }
+
+ private:
+  static constexpr int kSpinsBeforeYield = 100;
+  int spins_ = 0;
+};
+
+inline void SpinLock(std::uint32_t* word) {
+  SpinBackoff backoff;
+  while (__atomic_exchange_n(word, 1u, __ATOMIC_ACQUIRE) != 0) {
+    // Test before test-and-set: wait on a shared cache line, not by writing.
+    while (__atomic_load_n(word, __ATOMIC_RELAXED) != 0) backoff.Pause();
+  }
+}
+
+inline void SpinUnlock(std::uint32_t* word) { __atomic_store_n(word, 0u, __ATOMIC_RELEASE); }
+
+// Holds a spinlock word for a scope. Nothing under it may throw or block.
+class SpinWordGuard {
+ public:
+  explicit SpinWordGuard(std::uint32_t& word) : word_(&word) { SpinLock(word_); }
+  ~SpinWordGuard() { SpinUnlock(word_); }
+  SpinWordGuard(const SpinWordGuard&) = delete;
+  SpinWordGuard& operator=(const SpinWordGuard&) = delete;
+
+ private:
+  std::uint32_t* word_;
+};
+
+// A random 64-bit seed; a fixed one when the system has no entropy source
+// (the table still works, its hashing is only predictable).
+std::uint64_t RandomSeed();
+
+// Throws std::invalid_argument naming `table` when `memory` is missing, smaller
+// than `required_bytes` or not aligned to `alignment`.
+void CheckTableMemory(const void* memory, std::size_t size, std::size_t required_bytes,
+                      std::size_t alignment, const char* table);
+
+}  // namespace tc
