@@ -67,6 +67,27 @@ LANGUAGE C STRICT VOLATILE;
 CREATE VIEW @extschema@.pattern_estimates AS
   SELECT * FROM @extschema@.pattern_estimates();
 
+-- ---- violation_history -------------------------------------------------------
+-- Per budget (not per `each` instance) and minute of the last six hours:
+-- statements admitted (warned ones included), warned, and refused by each
+-- limit. A fixed ring in shared memory for up to 256 budget names; a budget
+-- first seen when 256 names are recorded is not recorded. Kept across
+-- reset(), cleared at server start.
+CREATE FUNCTION @extschema@.violation_history(
+    OUT budget text,
+    OUT minute timestamptz,
+    OUT admitted bigint,
+    OUT warned bigint,
+    OUT blocked_max_concurrent bigint,
+    OUT blocked_per_query_limit bigint,
+    OUT blocked_server_share bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'traffic_control_violation_history_1_0'
+LANGUAGE C STRICT VOLATILE;
+
+CREATE VIEW @extschema@.violation_history AS
+  SELECT * FROM @extschema@.violation_history();
+
 -- ---- explain(query) ----------------------------------------------------------
 -- Plans the statement (never runs it) and shows, per budget that applies,
 -- the decision admission would make now, changing nothing.
@@ -103,6 +124,8 @@ REVOKE ALL ON @extschema@.pattern_estimates FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.budget_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.rule_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.pattern_estimates() FROM PUBLIC;
+REVOKE ALL ON @extschema@.violation_history FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.violation_history() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.explain(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.reset() FROM PUBLIC;
 
@@ -112,4 +135,6 @@ GRANT SELECT ON @extschema@.pattern_estimates TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION @extschema@.budget_status() TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION @extschema@.rule_status() TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION @extschema@.pattern_estimates() TO pg_read_all_stats;
+GRANT SELECT ON @extschema@.violation_history TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION @extschema@.violation_history() TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION @extschema@.explain(text) TO pg_read_all_stats;

@@ -1,7 +1,8 @@
 /*
  * sql_functions.c — the functions behind the extension's SQL objects
  * (sql/traffic_control--1.0.sql): the status views budget_status,
- * rule_status and pattern_estimates, explain() and reset().
+ * rule_status, pattern_estimates and violation_history, explain() and
+ * reset().
  *
  * Enforcement needs none of this: it works from shared_preload_libraries
  * alone (src/traffic_control.c). These functions only read the shared tables
@@ -21,7 +22,8 @@
  *
  * Locking: none here. The core takes the bucket table's and the pattern
  * table's LWLocks shared to copy them (exclusive for reset()), and the rule
- * counters need no lock (atomic operations; see src/core/rule_counters.cpp).
+ * counters and the violation history need no lock (atomic operations; see
+ * src/core/rule_counters.cpp and src/core/history.cpp).
  */
 #include "postgres.h"
 
@@ -49,12 +51,14 @@
 PG_FUNCTION_INFO_V1(traffic_control_budget_status_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_rule_status_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_pattern_estimates_1_0);
+PG_FUNCTION_INFO_V1(traffic_control_violation_history_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_explain_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_reset_1_0);
 
 #define BUDGET_STATUS_COLUMNS 13
 #define RULE_STATUS_COLUMNS 4
 #define PATTERN_ESTIMATES_COLUMNS 5
+#define VIOLATION_HISTORY_COLUMNS 7
 #define EXPLAIN_COLUMNS 9
 
 /* As TC_CALL in traffic_control.c: raise only after the core returned. */
@@ -279,6 +283,48 @@ traffic_control_pattern_estimates_1_0(PG_FUNCTION_ARGS)
 			nulls[4] = true;
 		else
 			values[4] = Float8GetDatum(row->k);
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* traffic_control.violation_history                                      */
+/* ---------------------------------------------------------------------- */
+
+Datum
+traffic_control_violation_history_1_0(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	const tc_violation_history_row *rows = NULL;
+	size_t		count = 0;
+	int64		now_us;
+
+	prepare_core("traffic_control.violation_history");
+	InitMaterializedSRF(fcinfo, 0);
+	now_us = GetCurrentTimestamp() +
+		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY);
+	TC_SQL_CALL(tc_violation_history(now_us, &rows, &count));
+
+	for (size_t i = 0; i < count; i++)
+	{
+		const tc_violation_history_row *row = &rows[i];
+		Datum		values[VIOLATION_HISTORY_COLUMNS];
+		bool		nulls[VIOLATION_HISTORY_COLUMNS];
+		TimestampTz minute;
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = CStringGetTextDatum(row->budget);
+		if (unix_us_to_timestamptz(row->minute_start_s * USECS_PER_SEC, &minute))
+			values[1] = TimestampTzGetDatum(minute);
+		else
+			nulls[1] = true;
+		values[2] = counter_datum(row->admitted);
+		values[3] = counter_datum(row->warned);
+		values[4] = counter_datum(row->blocked_max_concurrent);
+		values[5] = counter_datum(row->blocked_per_query_limit);
+		values[6] = counter_datum(row->blocked_server_share);
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -11,6 +11,7 @@
 #include "traffic_control/bucket_table.hpp"
 #include "traffic_control/core_header_guard.hpp"
 #include "traffic_control/estimator.hpp"
+#include "traffic_control/history.hpp"
 #include "traffic_control/messages.hpp"
 #include "traffic_control/metadata.hpp"
 #include "traffic_control/rule_counters.hpp"
@@ -85,11 +86,14 @@ class AdmissionController {
   void AttachPatterns(PatternTable* patterns) { patterns_ = patterns; }
   // The shared per-rule `matched` counters; without them nothing is counted.
   void AttachRuleCounters(RuleCounterTable* counters);
+  // The shared violation history; without it nothing is recorded.
+  void AttachHistory(ViolationHistory* history);
 
   // With kWillWait or kRetry, a statement that could wait for a slot gets
   // kMustWait instead of being refused; kFinal never waits.
   // A decision that is final (admitted or refused, not kMustWait) adds 1 to
-  // the `matched` counter of the rule of every budget that applied.
+  // the `matched` counter of the rule of every budget that applied, and
+  // records the outcome per budget in the violation history.
   Decision Admit(const StatementInfo& statement, AttemptKind attempt);
 
   // What Admit would decide for the statement now, per budget, without
@@ -114,6 +118,9 @@ class AdmissionController {
   void FlushRuleCounts();
   // Forgets the pending counts (reset()).
   void DropPendingRuleCounts();
+  // Adds this backend's pending admitted counts to the violation history.
+  void FlushHistory();
+  static constexpr std::uint32_t kHistoryBatch = 32;
   static constexpr std::uint32_t kRuleCountBatch = 32;
   std::size_t held_count() const { return holdings_.size(); }
 
@@ -128,7 +135,17 @@ class AdmissionController {
                    std::string_view prefix, const std::optional<double>& predicted) const;
   // Adds 1 to the counter of the rule of every match.
   void CountMatches();
+  // Records a final decision in the violation history, once per budget (not
+  // per `each` instance): refused by a limit (the budget refused), else,
+  // when the statement was admitted, admitted (and warned when it warned).
+  void RecordHistory(const AdmitResult& result, std::int64_t wall_now_us);
   std::vector<std::uint32_t> pending_counts_;  // per rule, not yet in the shared table
+  void CountAdmittedInHistory(std::size_t budget, std::int32_t slot, std::int64_t wall_now_us);
+  std::vector<std::uint32_t> pending_admitted_;       // per budget index
+  std::vector<std::int32_t> pending_admitted_slots_;  // their history slots
+  std::uint32_t pending_admitted_total_ = 0;
+  std::int64_t pending_history_minute_ = -1;
+  std::int64_t pending_history_wall_us_ = 0;
   std::uint32_t pending_total_ = 0;
 
   RuleSet rules_;
@@ -140,6 +157,11 @@ class AdmissionController {
   // until first needed. Slots never change while the table lives.
   static constexpr std::int32_t kUnresolved = -2;
   std::vector<std::int32_t> rule_slots_;
+  ViolationHistory* history_ = nullptr;
+  // Per budget (index into rules_.budgets()): its history slot, kUnresolved
+  // until first needed; and the per-statement scratch of its outcome.
+  std::vector<std::int32_t> history_slots_;
+  std::vector<std::uint8_t> budget_outcomes_;
   struct Held {
     std::vector<Holding> holdings;
     std::uint64_t query_id = 0;  // 0: none
@@ -156,6 +178,11 @@ class AdmissionController {
   // are never cached, so a new pattern is learned as soon as it is recorded.
   std::optional<double> CachedPredict(std::uint64_t query_id, double plan_cost);
   static constexpr std::uint32_t kPredictionReuses = 64;
+  // Only cheap statements use the cache: for them the shared lookup costs as
+  // much as the statement. A heavier one always gets the estimator's current
+  // prediction, so its refusal and its retry hint reflect what was just
+  // learned (a retry after the hint must then be admitted).
+  static constexpr double kCachedPredictionMaxSeconds = 0.0005;
   static constexpr std::int64_t kPredictionMaxAgeUs = 1'000'000;
   static constexpr std::size_t kPredictionCacheSize = 1024;
   struct CachedPrediction {

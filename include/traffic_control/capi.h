@@ -35,8 +35,9 @@ bool tc_load_config(const char *budgets_json, const char *rules_json, tc_report_
 bool tc_config_empty(void);
 
 /* ---- shared state (PostgreSQL shared memory) ----
- * One block holding the bucket table (max_buckets budget instances) and the
- * estimator's pattern table (max_patterns query patterns). */
+ * One block holding the bucket table (max_buckets budget instances), the
+ * estimator's pattern table (max_patterns query patterns), the rule counters
+ * and the violation history (a fixed size). */
 size_t		tc_shared_size(int max_buckets, int max_patterns);
 bool		tc_shared_format(void *memory, size_t size, int max_buckets, int max_patterns);
 
@@ -183,6 +184,25 @@ typedef struct tc_pattern_row
 } tc_pattern_row;
 
 bool		tc_pattern_estimates(const tc_pattern_row **rows, size_t *count);
+
+/*
+ * traffic_control.violation_history: one row per budget and minute with a
+ * count, for the six hours up to the minute of wall_now_us (Unix epoch
+ * microseconds), ordered by budget and minute. Not zeroed by reset().
+ */
+typedef struct tc_violation_history_row
+{
+	const char *budget;
+	int64_t		minute_start_s; /* Unix epoch seconds */
+	uint64_t	admitted;		/* warned ones included */
+	uint64_t	warned;
+	uint64_t	blocked_max_concurrent;
+	uint64_t	blocked_per_query_limit;
+	uint64_t	blocked_server_share;
+} tc_violation_history_row;
+
+bool		tc_violation_history(int64_t wall_now_us, const tc_violation_history_row **rows,
+								 size_t *count);
 
 /* traffic_control.reset(): zero the budgets' and the rules' counters. */
 bool		tc_reset_counters(void);

@@ -40,10 +40,18 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata,
 
 void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> problems) {
   FlushRuleCounts();  // the pending counts belong to the old rules' slots
+  FlushHistory();
   rules_ = std::move(rules);
   problems_ = std::move(problems);
   rule_slots_.assign(rules_.rules().size(), kUnresolved);
   pending_counts_.assign(rule_slots_.size(), 0);
+  history_slots_.assign(rules_.budgets().size(), kUnresolved);
+}
+
+void AdmissionController::AttachHistory(ViolationHistory* history) {
+  FlushHistory();
+  history_ = history;
+  history_slots_.assign(rules_.budgets().size(), kUnresolved);
 }
 
 void AdmissionController::AttachRuleCounters(RuleCounterTable* counters) {
@@ -135,6 +143,115 @@ void AdmissionController::FlushRuleCounts() {
   }
 }
 
+namespace {
+
+// A budget's outcome for one statement; a larger value wins when several of
+// its instances apply.
+enum BudgetOutcome : std::uint8_t {
+  kOutcomeNone = 0,
+  kOutcomePass,
+  kOutcomeWarn,
+  kOutcomeRefusedMaxConcurrent,
+  kOutcomeRefusedPerQueryLimit,
+  kOutcomeRefusedServerShare,
+};
+
+BudgetOutcome OutcomeOf(const BudgetVerdict& verdict) {
+  switch (verdict.action) {
+    case BudgetVerdict::Action::kPass:
+      return kOutcomePass;
+    case BudgetVerdict::Action::kWarn:
+      return kOutcomeWarn;
+    case BudgetVerdict::Action::kRefuse:
+      break;
+  }
+  switch (verdict.limit) {
+    case Limit::kPerQueryLimit:
+      return kOutcomeRefusedPerQueryLimit;
+    case Limit::kServerShare:
+      return kOutcomeRefusedServerShare;
+    case Limit::kMaxConcurrent:
+    case Limit::kNone:
+      break;
+  }
+  return kOutcomeRefusedMaxConcurrent;
+}
+
+}  // namespace
+
+void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t wall_now_us) {
+  if (history_ == nullptr) return;
+  const std::size_t budget_count = rules_.budgets().size();
+  if (history_slots_.size() != budget_count) history_slots_.assign(budget_count, kUnresolved);
+  if (budget_outcomes_.size() != budget_count) budget_outcomes_.assign(budget_count, kOutcomeNone);
+  const std::size_t n = std::min(matches_.size(), result.verdicts.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint8_t& outcome = budget_outcomes_[matches_[i].budget_index];
+    outcome = std::max<std::uint8_t>(outcome, OutcomeOf(result.verdicts[i]));
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t budget = matches_[i].budget_index;
+    const std::uint8_t outcome = budget_outcomes_[budget];
+    if (outcome == kOutcomeNone) continue;  // recorded for an earlier instance
+    budget_outcomes_[budget] = kOutcomeNone;
+    const bool refused = outcome >= kOutcomeRefusedMaxConcurrent;
+    if (!refused && !result.admitted) continue;  // another budget refused it: it did not run
+    std::int32_t& slot = history_slots_[budget];
+    if (slot == kUnresolved) slot = history_->Resolve(rules_.budgets()[budget].name);
+    if (slot == ViolationHistory::kNoSlot) continue;  // the history's budget table is full
+    switch (outcome) {
+      case kOutcomeRefusedMaxConcurrent:
+        history_->Record(slot, ViolationHistory::kBlockedMaxConcurrent, wall_now_us);
+        break;
+      case kOutcomeRefusedPerQueryLimit:
+        history_->Record(slot, ViolationHistory::kBlockedPerQueryLimit, wall_now_us);
+        break;
+      case kOutcomeRefusedServerShare:
+        history_->Record(slot, ViolationHistory::kBlockedServerShare, wall_now_us);
+        break;
+      case kOutcomeWarn:
+        history_->Record(slot, ViolationHistory::kWarned, wall_now_us);
+        history_->Record(slot, ViolationHistory::kAdmitted, wall_now_us);
+        break;
+      default:
+        CountAdmittedInHistory(budget, slot, wall_now_us);
+        break;
+    }
+  }
+}
+
+// Plain admissions are most statements: they are added to the shared ring in
+// per-backend batches (one atomic add per batch), and flushed when the minute
+// changes, before the history is read and at exit. Refusals and warnings are
+// rare and recorded at once.
+void AdmissionController::CountAdmittedInHistory(std::size_t budget, std::int32_t slot,
+                                                 std::int64_t wall_now_us) {
+  const std::int64_t minute = wall_now_us / 60'000'000;
+  if (minute != pending_history_minute_) FlushHistory();
+  pending_history_minute_ = minute;
+  pending_history_wall_us_ = wall_now_us;
+  if (pending_admitted_.size() <= budget) pending_admitted_.resize(rules_.budgets().size(), 0);
+  if (pending_admitted_slots_.size() != pending_admitted_.size()) {
+    pending_admitted_slots_.resize(pending_admitted_.size(), ViolationHistory::kNoSlot);
+  }
+  ++pending_admitted_[budget];
+  pending_admitted_slots_[budget] = slot;
+  if (++pending_admitted_total_ >= kHistoryBatch) FlushHistory();
+}
+
+void AdmissionController::FlushHistory() {
+  if (pending_admitted_total_ == 0) return;
+  pending_admitted_total_ = 0;
+  for (std::size_t budget = 0; budget < pending_admitted_.size(); ++budget) {
+    if (pending_admitted_[budget] == 0) continue;
+    if (history_ != nullptr) {
+      history_->Record(pending_admitted_slots_[budget], ViolationHistory::kAdmitted,
+                       pending_history_wall_us_, pending_admitted_[budget]);
+    }
+    pending_admitted_[budget] = 0;
+  }
+}
+
 void AdmissionController::DropPendingRuleCounts() {
   pending_counts_.assign(pending_counts_.size(), 0);
   pending_total_ = 0;
@@ -159,6 +276,7 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
   }
   // Final: admitted or refused, so the statement counts as matched once.
   CountMatches();
+  RecordHistory(result, statement.wall_now_us);
 
   for (std::size_t i = 0; i < matches_.size(); ++i) {
     const BudgetVerdict& verdict = result.verdicts[i];
@@ -199,8 +317,9 @@ std::optional<double> AdmissionController::CachedPredict(std::uint64_t query_id,
   const std::int64_t now = cache_clock_.NowMicros();
   const PredictionKey key{query_id, plan_cost};
   auto it = predictions_.find(key);
-  if (it != predictions_.end() && it->second.uses < kPredictionReuses &&
-      now - it->second.fetched_us < kPredictionMaxAgeUs && now >= it->second.fetched_us) {
+  if (it != predictions_.end() && it->second.seconds < kCachedPredictionMaxSeconds &&
+      it->second.uses < kPredictionReuses && now - it->second.fetched_us < kPredictionMaxAgeUs &&
+      now >= it->second.fetched_us) {
     ++it->second.uses;
     return it->second.seconds;
   }

@@ -16,6 +16,7 @@
 #include "traffic_control/bucket_table.hpp"
 #include "traffic_control/config.hpp"
 #include "traffic_control/estimator.hpp"
+#include "traffic_control/history.hpp"
 #include "traffic_control/rule_counters.hpp"
 #include "traffic_control/ruleset.hpp"
 #include "traffic_control/status.hpp"
@@ -65,6 +66,7 @@ struct BackendState {
   std::unique_ptr<tc::BucketTable> table;
   std::unique_ptr<tc::PatternTable> patterns;
   std::unique_ptr<tc::RuleCounterTable> rule_counters;
+  std::unique_ptr<tc::ViolationHistory> history;
   // Storage behind the pointers handed out by tc_admit.
   tc::Decision decision;
   std::vector<tc_report> notices;
@@ -74,6 +76,8 @@ struct BackendState {
   std::vector<tc::RuleStatusRow> rule_rows;
   std::vector<tc_rule_status_row> rule_rows_c;
   std::vector<tc_pattern_row> pattern_rows;
+  std::vector<tc::ViolationHistory::Row> history_rows;
+  std::vector<tc_violation_history_row> history_rows_c;
   struct ExplainStrings {
     std::string budget, instance, rule, mode, limit_name, detail;
     bool has_instance = false;
@@ -125,7 +129,7 @@ tc::StatementInfo ToInfo(const tc_statement& statement) {
 // The attached state; the status functions need the shared tables.
 BackendState& AttachedState() {
   BackendState& state = State();
-  if (!state.table || !state.patterns || !state.rule_counters) {
+  if (!state.table || !state.patterns || !state.rule_counters || !state.history) {
     throw std::logic_error("the core is not attached to shared memory");
   }
   return state;
@@ -188,21 +192,27 @@ std::size_t PatternBytes(int max_patterns) {
 // One (rule, budget) counter per bucket slot: far more than any configuration
 // has rules, and it grows with the installation's scale.
 std::size_t RuleCounterBytes(int max_buckets) {
-  return tc::RuleCounterTable::RequiredBytes(static_cast<std::uint32_t>(max_buckets));
+  return AlignUp(tc::RuleCounterTable::RequiredBytes(static_cast<std::uint32_t>(max_buckets)));
 }
 
-// The block: bucket table, pattern table, rule counters, each 64-byte aligned.
+// A fixed size: ViolationHistory::kMaxBudgets budgets x kMinutes minutes.
+std::size_t HistoryBytes() { return tc::ViolationHistory::RequiredBytes(); }
+
+// The block: bucket table, pattern table, rule counters, violation history,
+// each 64-byte aligned.
 struct Spans {
-  tc::MemorySpan buckets, patterns, rule_counters;
+  tc::MemorySpan buckets, patterns, rule_counters, history;
 };
 
 Spans SpansOf(void* memory, int max_buckets, int max_patterns) {
   auto* base = static_cast<char*>(memory);
   const std::size_t bucket_bytes = BucketBytes(max_buckets);
   const std::size_t pattern_bytes = PatternBytes(max_patterns);
+  const std::size_t counter_bytes = RuleCounterBytes(max_buckets);
   return Spans{tc::MemorySpan{base, bucket_bytes},
                tc::MemorySpan{base + bucket_bytes, pattern_bytes},
-               tc::MemorySpan{base + bucket_bytes + pattern_bytes, RuleCounterBytes(max_buckets)}};
+               tc::MemorySpan{base + bucket_bytes + pattern_bytes, counter_bytes},
+               tc::MemorySpan{base + bucket_bytes + pattern_bytes + counter_bytes, HistoryBytes()}};
 }
 
 }  // namespace
@@ -211,7 +221,8 @@ size_t tc_shared_size(int max_buckets, int max_patterns) {
   size_t size = 0;
   const bool ok = Guarded([&] {
     if (max_buckets <= 0 || max_patterns <= 0) return false;
-    size = BucketBytes(max_buckets) + PatternBytes(max_patterns) + RuleCounterBytes(max_buckets);
+    size = BucketBytes(max_buckets) + PatternBytes(max_patterns) + RuleCounterBytes(max_buckets) +
+           HistoryBytes();
     return true;
   });
   return ok ? size : 0;
@@ -227,6 +238,7 @@ bool tc_shared_format(void* memory, size_t size, int max_buckets, int max_patter
     tc::BucketTable::Initialize(spans.buckets, static_cast<std::uint32_t>(max_buckets));
     tc::PatternTable::Initialize(spans.patterns, static_cast<std::uint32_t>(max_patterns));
     tc::RuleCounterTable::Initialize(spans.rule_counters, static_cast<std::uint32_t>(max_buckets));
+    tc::ViolationHistory::Initialize(spans.history);
     return true;
   });
 }
@@ -246,9 +258,11 @@ bool tc_attach(void* memory, size_t size, int max_buckets, int max_patterns,
     state.patterns =
         std::make_unique<tc::PatternTable>(spans.patterns, *state.pattern_lock, state.clock);
     state.rule_counters = std::make_unique<tc::RuleCounterTable>(spans.rule_counters);
+    state.history = std::make_unique<tc::ViolationHistory>(spans.history);
     state.controller.AttachTable(state.table.get());
     state.controller.AttachPatterns(state.patterns.get());
     state.controller.AttachRuleCounters(state.rule_counters.get());
+    state.controller.AttachHistory(state.history.get());
     return true;
   });
 }
@@ -300,6 +314,7 @@ bool tc_release(int64_t holding, double cpu_seconds, bool completed, bool* wake)
 bool tc_release_all(bool* wake) {
   return Guarded([&] {
     State().controller.FlushRuleCounts();
+    State().controller.FlushHistory();
     *wake = State().controller.ReleaseAll();
     return true;
   });
@@ -387,6 +402,30 @@ bool tc_pattern_estimates(const tc_pattern_row** rows, size_t* count) {
     }
     *rows = state.pattern_rows.empty() ? nullptr : state.pattern_rows.data();
     *count = state.pattern_rows.size();
+    return true;
+  });
+}
+
+bool tc_violation_history(int64_t wall_now_us, const tc_violation_history_row** rows,
+                          size_t* count) {
+  return Guarded([&] {
+    BackendState& state = AttachedState();
+    state.controller.FlushHistory();
+    state.history_rows_c.clear();
+    state.history_rows = state.history->Snapshot(wall_now_us);
+    state.history_rows_c.reserve(state.history_rows.size());
+    for (const tc::ViolationHistory::Row& row : state.history_rows) {
+      tc_violation_history_row& out = state.history_rows_c.emplace_back();
+      out.budget = row.budget.c_str();
+      out.minute_start_s = row.minute_start_s;
+      out.admitted = row.counts[tc::ViolationHistory::kAdmitted];
+      out.warned = row.counts[tc::ViolationHistory::kWarned];
+      out.blocked_max_concurrent = row.counts[tc::ViolationHistory::kBlockedMaxConcurrent];
+      out.blocked_per_query_limit = row.counts[tc::ViolationHistory::kBlockedPerQueryLimit];
+      out.blocked_server_share = row.counts[tc::ViolationHistory::kBlockedServerShare];
+    }
+    *rows = state.history_rows_c.empty() ? nullptr : state.history_rows_c.data();
+    *count = state.history_rows_c.size();
     return true;
   });
 }
