@@ -67,7 +67,7 @@ BEGIN
   END LOOP;
   retry_ms := substring(hint FROM 'retry after ([0-9]+) ms')::int;
   IF retry_ms IS NOT NULL THEN
-    PERFORM pg_sleep((retry_ms + 5) / 1000.0);
+    PERFORM pg_sleep((retry_ms + 50) / 1000.0);  -- a little slack for clock granularity
     BEGIN
       EXECUTE 'SELECT count(*) FROM tc_big WHERE payload LIKE ''%ab%'' /*route=''/share''*/' INTO n;
       retried := true;
