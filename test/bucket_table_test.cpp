@@ -13,6 +13,8 @@
 #include <thread>
 #include <tuple>
 
+#include "heap_segment.hpp"
+
 namespace tc {
 
 // Reaches the table's private consistency check.
@@ -95,18 +97,7 @@ class FakeClock final : public Clock {
   std::atomic<std::int64_t> step{1};
 };
 
-// Heap memory standing in for a shared-memory segment (8-byte aligned).
-class SharedMemory {
- public:
-  explicit SharedMemory(std::uint32_t capacity)
-      : words_(BucketTable::RequiredBytes(capacity) / sizeof(std::uint64_t) + 1) {
-    BucketTable::Initialize(span(), capacity);
-  }
-  MemorySpan span() { return MemorySpan{words_.data(), words_.size() * sizeof(std::uint64_t)}; }
-
- private:
-  std::vector<std::uint64_t> words_;
-};
+using SharedMemory = HeapSegment<BucketTable>;
 
 class Harness {
  public:

@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "heap_segment.hpp"
+
 namespace tc {
 
 // Reaches the table's private test hooks.
@@ -82,17 +84,7 @@ class FakeClock final : public Clock {
   std::atomic<std::int64_t> step{1};
 };
 
-class SharedMemory {
- public:
-  explicit SharedMemory(std::uint32_t capacity)
-      : words_(PatternTable::RequiredBytes(capacity) / sizeof(std::uint64_t) + 1) {
-    PatternTable::Initialize(span(), capacity);
-  }
-  MemorySpan span() { return MemorySpan{words_.data(), words_.size() * sizeof(std::uint64_t)}; }
-
- private:
-  std::vector<std::uint64_t> words_;
-};
+using SharedMemory = HeapSegment<PatternTable>;
 
 class Harness {
  public:
