@@ -144,7 +144,8 @@ typedef struct TcHeld
 	QueryDesc  *query;			/* executor holding; NULL for utility */
 	ResourceOwner owner;		/* current at admission; NULL for utility */
 	double		cpu_start;		/* process CPU seconds at admission; <0: not measured */
-	bool		ran_whole;		/* executed with no row limit: the estimator may learn */
+	int			runs;			/* ExecutorRun calls so far */
+	bool		ran_whole;		/* one run, not cut short: the estimator may learn */
 } TcHeld;
 
 static TcHeld *held = NULL;
@@ -1035,6 +1036,7 @@ tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 			held[held_count].query = queryDesc;
 			held[held_count].owner = CurrentResourceOwner;
 			held[held_count].cpu_start = cpu_start;
+			held[held_count].runs = 0;
 			held[held_count].ran_whole = false;
 			held_count++;
 		}
@@ -1046,21 +1048,32 @@ tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 		standard_ExecutorStart(queryDesc, eflags);
 }
 
+/*
+ * Marks whether the statement's executor ran it whole in one run, the only
+ * case that teaches the estimator what its pattern costs: one run, not cut
+ * short by a row limit (no limit, or fewer rows than the limit). A cursor or
+ * a portal fetching part of its rows, or fetching in several runs with other
+ * statements in between, would teach it too little or too much. A row limit
+ * set through SPI (PL/pgSQL's SELECT INTO asks for 1 or 2 rows) is how the
+ * function always runs that query, so that run teaches its cost as well.
+ */
+static void
+note_run(QueryDesc *queryDesc, uint64 count)
+{
+	for (int i = 0; i < held_count; i++)
+	{
+		if (held[i].query != queryDesc)
+			continue;
+		held[i].runs++;
+		held[i].ran_whole = held[i].runs == 1 &&
+			(count == 0 || queryDesc->estate->es_processed < count ||
+			 queryDesc->dest->mydest == DestSPI);
+	}
+}
+
 static void
 tc_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
 {
-	/*
-	 * Only a run without a row limit teaches the estimator what the pattern
-	 * costs; a cursor fetching a few rows would teach it too little.
-	 */
-	if (count == 0 && held_count > 0)
-	{
-		for (int i = 0; i < held_count; i++)
-		{
-			if (held[i].query == queryDesc)
-				held[i].ran_whole = true;
-		}
-	}
 	nesting_level++;
 	PG_TRY();
 	{
@@ -1074,6 +1087,8 @@ tc_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool
 		nesting_level--;
 	}
 	PG_END_TRY();
+	if (held_count > 0)
+		note_run(queryDesc, count);
 }
 
 static void

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "traffic_control/bucket_table.hpp"
 #include "traffic_control/core_header_guard.hpp"
 #include "traffic_control/estimator.hpp"
@@ -68,8 +69,9 @@ struct Explanation {
 // Fills `metadata` from the statement: built-ins first, then its tags.
 // With `only_keys_of`, only the keys its rules use are filled in (the rest
 // cannot change a match, and building them costs time on every statement).
+// `tags_scratch`, when given, is reused to parse the tags into.
 void BuildMetadata(const StatementInfo& statement, Metadata* metadata,
-                   const RuleSet* only_keys_of = nullptr);
+                   const RuleSet* only_keys_of = nullptr, std::vector<Tag>* tags_scratch = nullptr);
 
 class AdmissionController {
  public:
@@ -140,9 +142,11 @@ class AdmissionController {
   // when the statement was admitted, admitted (and warned when it warned).
   void RecordHistory(const AdmitResult& result, std::int64_t wall_now_us);
   std::vector<std::uint32_t> pending_counts_;  // per rule, not yet in the shared table
+  std::vector<std::size_t> pending_rules_;     // the rules whose pending count is not 0
   void CountAdmittedInHistory(std::size_t budget, std::int32_t slot, std::int64_t wall_now_us);
   std::vector<std::uint32_t> pending_admitted_;       // per budget index
   std::vector<std::int32_t> pending_admitted_slots_;  // their history slots
+  std::vector<std::size_t> pending_budgets_;          // where pending_admitted_ is not 0
   std::uint32_t pending_admitted_total_ = 0;
   std::int64_t pending_history_minute_ = -1;
   std::int64_t pending_history_wall_us_ = 0;
@@ -163,7 +167,8 @@ class AdmissionController {
   std::vector<std::int32_t> history_slots_;
   std::vector<std::uint8_t> budget_outcomes_;
   struct Held {
-    std::vector<Holding> holdings;
+    // Most statements match one or two budgets: no allocation for them.
+    absl::InlinedVector<Holding, 2> holdings;
     std::uint64_t query_id = 0;  // 0: none
     double plan_cost = -1;
     bool learn = false;  // record the CPU time in the estimator
@@ -176,7 +181,10 @@ class AdmissionController {
   // then touch no shared cache line of the estimator. An entry is asked again
   // after kPredictionReuses uses or kPredictionMaxAgeUs; unknown predictions
   // are never cached, so a new pattern is learned as soon as it is recorded.
-  std::optional<double> CachedPredict(std::uint64_t query_id, double plan_cost);
+  // `now_us`: the statement's wall clock (read by the caller anyway; a step
+  // back only makes the entry be asked again).
+  std::optional<double> CachedPredict(std::uint64_t query_id, double plan_cost,
+                                      std::int64_t now_us);
   static constexpr std::uint32_t kPredictionReuses = 64;
   // Only cheap statements use the cache: for them the shared lookup costs as
   // much as the statement. A heavier one always gets the estimator's current
@@ -202,11 +210,12 @@ class AdmissionController {
     }
   };
   absl::flat_hash_map<PredictionKey, CachedPrediction> predictions_;
-  SteadyClock cache_clock_;
   // Per-statement scratch, reused to keep the hot path allocation-light.
   Metadata metadata_;
+  std::vector<Tag> tags_;
   std::vector<BudgetMatch> matches_;
   std::vector<AdmissionRequest> requests_;
+  AdmitResult admit_result_;
 };
 
 }  // namespace tc

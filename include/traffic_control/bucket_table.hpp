@@ -129,6 +129,10 @@ class BucketTable {
   // new instance takes the exclusive lock.
   AdmitResult Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
                     std::int64_t wall_now_us);
+  // The same into `result` (every field overwritten), whose vectors keep
+  // their capacity from call to call: the server's path allocates nothing.
+  void Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
+             std::int64_t wall_now_us, AdmitResult* result);
 
   // What Admit would decide for these requests now, without changing
   // anything: no slot is taken, no debt charged, no counter or use recorded

@@ -17,19 +17,31 @@ inline constexpr std::string_view kBuiltinKeys[] = {
 bool IsBuiltinKey(std::string_view key);
 
 // A small set of key -> value pairs with unique keys, in insertion order.
+// Clear() keeps the strings' storage for the next statement, so refilling a
+// Metadata with keys and values no longer than before allocates nothing.
 class Metadata {
  public:
+  using Item = std::pair<std::string, std::string>;
+
   // Sets a built-in key (replaces a previous value).
   void SetBuiltin(std::string_view key, std::string_view value);
   // Adds tags: keys that are built-ins or already present are ignored.
   void AddTags(const std::vector<Tag>& tags);
   // nullptr when the key is absent.
   const std::string* Find(std::string_view key) const;
-  const std::vector<std::pair<std::string, std::string>>& items() const { return items_; }
-  void Clear() { items_.clear(); }
+  const Item* begin() const { return items_.data(); }
+  const Item* end() const { return items_.data() + size_; }
+  std::size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  // A copy of the items, in insertion order (for display and tests).
+  std::vector<Item> items() const { return std::vector<Item>(begin(), end()); }
+  void Clear() { size_ = 0; }
 
  private:
-  std::vector<std::pair<std::string, std::string>> items_;
+  void Append(std::string_view key, std::string_view value);
+
+  std::vector<Item> items_;  // the first size_ are in use
+  std::size_t size_ = 0;
 };
 
 }  // namespace tc

@@ -33,5 +33,9 @@ struct Tag {
 // Never throws for any input (only std::bad_alloc), and does work linear in the
 // length of the text, and only when the text ends in "*/".
 std::vector<Tag> ParseSqlCommenterTags(std::string_view statement);
+// The same into `tags` (cleared first), which keeps its capacity: the server
+// parses every statement into one vector, so short tags (keys and values that
+// fit std::string's inline buffer) cost no heap allocation.
+void ParseSqlCommenterTags(std::string_view statement, std::vector<Tag>* tags);
 
 }  // namespace tc

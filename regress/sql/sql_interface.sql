@@ -170,6 +170,29 @@ SELECT budget, predicted_seconds > 0 AS predicted, decision, limit_name,
        detail ~ '^Rule "tiny", predicted cost [0-9.e-]+ CPU-s, limit per_query_limit = 0 s of full-server use' AS detail_names_the_prediction
   FROM traffic_control.explain($$SELECT count(*) FROM generate_series(1, 200000) /*route='tiny'*/$$);
 
+-- PL/pgSQL runs SELECT INTO through SPI with a row limit (1 row here): that
+-- is how the function always runs the query, so the run teaches the
+-- estimator. A cursor that fetched only part of its rows teaches nothing.
+SET traffic_control.track = 'all';
+DO $$
+DECLARE total numeric;
+BEGIN
+  SELECT sum(g) INTO total FROM generate_series(1, 50000) AS g /*route='cost'*/;
+END $$;
+RESET traffic_control.track;
+BEGIN;
+DECLARE partial CURSOR FOR SELECT g FROM generate_series(1, 50000) AS g /*route='cost'*/;
+FETCH 2 FROM partial;
+COMMIT;
+SELECT (SELECT (metadata->>'query_id')::bigint
+          FROM traffic_control.explain('SELECT sum(g) FROM generate_series(1, 50000) AS g')) AS spi_query_id,
+       (SELECT (metadata->>'query_id')::bigint
+          FROM traffic_control.explain('SELECT g FROM generate_series(1, 50000) AS g')) AS cursor_query_id \gset
+SELECT calls >= 1 AS select_into_learned, mean_cpu_ms > 0 AS cpu_measured
+  FROM traffic_control.pattern_estimates WHERE query_id = :spi_query_id;
+SELECT count(*) AS partial_cursor_learned
+  FROM traffic_control.pattern_estimates WHERE query_id = :cursor_query_id;
+
 -- Privileges. A plain role may read nothing and reset nothing.
 SET ROLE tc_sql_plain;
 SELECT * FROM traffic_control.budget_status;

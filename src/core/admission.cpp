@@ -9,8 +9,8 @@
 
 namespace tc {
 
-void BuildMetadata(const StatementInfo& statement, Metadata* metadata,
-                   const RuleSet* only_keys_of) {
+void BuildMetadata(const StatementInfo& statement, Metadata* metadata, const RuleSet* only_keys_of,
+                   std::vector<Tag>* tags_scratch) {
   metadata->Clear();
   auto wanted = [only_keys_of](std::string_view key) {
     return only_keys_of == nullptr || only_keys_of->UsesKey(key);
@@ -26,7 +26,9 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata,
   if (statement.query_id && wanted("query_id")) {
     metadata->SetBuiltin("query_id", std::to_string(*statement.query_id));
   }
-  std::vector<Tag> tags = ParseSqlCommenterTags(statement.text);
+  std::vector<Tag> local_tags;
+  std::vector<Tag>& tags = tags_scratch != nullptr ? *tags_scratch : local_tags;
+  ParseSqlCommenterTags(statement.text, &tags);
   if (only_keys_of != nullptr && !tags.empty()) {
     // Built-in keys stay in the list: AddTags must still see (and ignore) a
     // tag that tries to set one.
@@ -65,7 +67,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
                                   bool* has_cost_limit) {
   *predicted = std::nullopt;
   *has_cost_limit = false;
-  BuildMetadata(statement, &metadata_, &rules_);
+  BuildMetadata(statement, &metadata_, &rules_, &tags_);
   matches_.clear();
   requests_.clear();
   rules_.Match(metadata_, &matches_);
@@ -80,7 +82,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
   const std::uint64_t query_id =
       statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
   if (*has_cost_limit && patterns_ != nullptr && query_id != 0) {
-    *predicted = CachedPredict(query_id, statement.plan_cost);
+    *predicted = CachedPredict(query_id, statement.plan_cost, statement.wall_now_us);
   }
 
   const std::uint32_t weight =
@@ -125,7 +127,7 @@ void AdmissionController::CountMatches() {
       slot = rule_counters_->Resolve(rule.name, rule.budget);
     }
     if (pending_counts_.size() != rule_slots_.size()) pending_counts_.assign(rule_slots_.size(), 0);
-    ++pending_counts_[match.rule_index];
+    if (pending_counts_[match.rule_index]++ == 0) pending_rules_.push_back(match.rule_index);
     ++pending_total_;
   }
   if (pending_total_ >= kRuleCountBatch) FlushRuleCounts();
@@ -134,13 +136,14 @@ void AdmissionController::CountMatches() {
 void AdmissionController::FlushRuleCounts() {
   if (pending_total_ == 0) return;
   pending_total_ = 0;
-  for (std::size_t rule = 0; rule < pending_counts_.size(); ++rule) {
-    if (pending_counts_[rule] == 0) continue;
+  for (const std::size_t rule : pending_rules_) {
+    if (rule >= pending_counts_.size() || pending_counts_[rule] == 0) continue;
     if (rule_counters_ != nullptr && rule < rule_slots_.size()) {
       rule_counters_->Add(rule_slots_[rule], pending_counts_[rule]);  // kNoSlot: not counted
     }
     pending_counts_[rule] = 0;
   }
+  pending_rules_.clear();
 }
 
 namespace {
@@ -234,7 +237,7 @@ void AdmissionController::CountAdmittedInHistory(std::size_t budget, std::int32_
   if (pending_admitted_slots_.size() != pending_admitted_.size()) {
     pending_admitted_slots_.resize(pending_admitted_.size(), ViolationHistory::kNoSlot);
   }
-  ++pending_admitted_[budget];
+  if (pending_admitted_[budget]++ == 0) pending_budgets_.push_back(budget);
   pending_admitted_slots_[budget] = slot;
   if (++pending_admitted_total_ >= kHistoryBatch) FlushHistory();
 }
@@ -242,18 +245,22 @@ void AdmissionController::CountAdmittedInHistory(std::size_t budget, std::int32_
 void AdmissionController::FlushHistory() {
   if (pending_admitted_total_ == 0) return;
   pending_admitted_total_ = 0;
-  for (std::size_t budget = 0; budget < pending_admitted_.size(); ++budget) {
-    if (pending_admitted_[budget] == 0) continue;
+  for (const std::size_t budget : pending_budgets_) {
+    if (budget >= pending_admitted_.size() || pending_admitted_[budget] == 0) continue;
     if (history_ != nullptr) {
       history_->Record(pending_admitted_slots_[budget], ViolationHistory::kAdmitted,
                        pending_history_wall_us_, pending_admitted_[budget]);
     }
     pending_admitted_[budget] = 0;
   }
+  pending_budgets_.clear();
 }
 
 void AdmissionController::DropPendingRuleCounts() {
-  pending_counts_.assign(pending_counts_.size(), 0);
+  for (const std::size_t rule : pending_rules_) {
+    if (rule < pending_counts_.size()) pending_counts_[rule] = 0;
+  }
+  pending_rules_.clear();
   pending_total_ = 0;
 }
 
@@ -268,7 +275,8 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
   const std::uint64_t query_id =
       statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
 
-  AdmitResult result = table_->Admit(requests_, attempt, statement.wall_now_us);
+  AdmitResult& result = admit_result_;
+  table_->Admit(requests_, attempt, statement.wall_now_us, &result);
   if (!result.admitted && result.may_wait && attempt != AttemptKind::kFinal) {
     decision.outcome = Decision::Outcome::kMustWait;
     decision.queue_timeout_ms = result.queue_timeout_ms;
@@ -313,8 +321,8 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
   return decision;
 }
 
-std::optional<double> AdmissionController::CachedPredict(std::uint64_t query_id, double plan_cost) {
-  const std::int64_t now = cache_clock_.NowMicros();
+std::optional<double> AdmissionController::CachedPredict(std::uint64_t query_id, double plan_cost,
+                                                         std::int64_t now) {
   const PredictionKey key{query_id, plan_cost};
   auto it = predictions_.find(key);
   if (it != predictions_.end() && it->second.seconds < kCachedPredictionMaxSeconds &&

@@ -815,11 +815,24 @@ std::uint32_t BucketTable::capacity() const {
 
 AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
                                std::int64_t wall_now_us) {
-  const std::size_t count = requests.size();
   AdmitResult result;
+  Admit(requests, kind, wall_now_us, &result);
+  return result;
+}
+
+void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
+                        std::int64_t wall_now_us, AdmitResult* result_out) {
+  const std::size_t count = requests.size();
+  AdmitResult& result = *result_out;
+  result.admitted = false;
+  result.holdings.clear();
+  result.may_wait = false;
+  result.queue_timeout_ms = 0;
+  result.untracked = 0;
   if (count == 0) {
+    result.verdicts.clear();
     result.admitted = true;
-    return result;
+    return;
   }
   for (const AdmissionRequest& request : requests) {
     if (request.budget == nullptr) throw std::invalid_argument("admission request without budget");
@@ -827,7 +840,7 @@ AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, At
 
   // Everything that allocates or takes time happens before locking.
   const TableView table = ViewOf(memory_);
-  result.verdicts.resize(count);
+  result.verdicts.assign(count, BudgetVerdict{});
   result.holdings.reserve(count);
   SmallArray<Pending, 4> pending(count, Pending{});
   SmallArray<std::int32_t, 4> slots(count, kNoSlot);
@@ -854,7 +867,7 @@ AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, At
     if (all_found) {
       DecideLocked(table, requests, pending.data(), slots.data(), order.data(), states.data(), kind,
                    wall_now_us, now_us, &result);
-      return result;
+      return;
     }
   }
 
@@ -866,7 +879,6 @@ AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, At
   }
   DecideLocked(table, requests, pending.data(), slots.data(), order.data(), states.data(), kind,
                wall_now_us, now_us, &result);
-  return result;
 }
 
 std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequest>& requests) {
@@ -935,11 +947,14 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
 bool BucketTable::Release(const Holding& holding, std::optional<double> actual_seconds) {
   if (holding.slot == Holding::kUntrackedSlot || holding.slot >= capacity()) return false;
   const TableView table = ViewOf(memory_);
-  const std::int64_t now_us = clock_.NowMicros();
   const auto slot = static_cast<std::int32_t>(holding.slot);
   // A measurement that is not a number of seconds corrects nothing.
   const bool correct = actual_seconds.has_value() && std::isfinite(*actual_seconds) &&
                        *actual_seconds >= 0 && std::isfinite(holding.charged_seconds);
+  // The clock only when the debt is corrected: most cheap statements are not
+  // measured (see docs/design.md), and their release then reads no clock.
+  // (last_used_us was set at admission; a busy entry is never evicted.)
+  const std::int64_t now_us = correct ? clock_.NowMicros() : 0;
 
   SharedGuard guard(lock_);
   BucketEntry& entry = table.entries[slot];
@@ -953,7 +968,7 @@ bool BucketTable::Release(const Holding& holding, std::optional<double> actual_s
       DrainTo(state, now_us);
       state.debt = std::max(0.0, state.debt + (*actual_seconds - holding.charged_seconds));
     }
-    state.last_used_us = std::max(state.last_used_us, now_us);
+    if (correct) state.last_used_us = std::max(state.last_used_us, now_us);
   }
   return table.header->waiters > 0;
 }

@@ -479,8 +479,8 @@ bool tc_explain(const tc_statement* statement, tc_explanation* out) {
       row.limit_name = strings.limit_name.empty() ? nullptr : strings.limit_name.c_str();
       row.detail = strings.detail.empty() ? nullptr : strings.detail.c_str();
     }
-    state.explain_metadata_c.reserve(state.explain_metadata.items().size());
-    for (const auto& [key, value] : state.explain_metadata.items()) {
+    state.explain_metadata_c.reserve(state.explain_metadata.size());
+    for (const auto& [key, value] : state.explain_metadata) {
       state.explain_metadata_c.push_back(
           tc_metadata_item{key.c_str(), key.size(), value.c_str(), value.size()});
     }

@@ -13,14 +13,21 @@ bool IsBuiltinKey(std::string_view key) {
   return false;
 }
 
+void Metadata::Append(std::string_view key, std::string_view value) {
+  if (size_ == items_.size()) items_.emplace_back();
+  Item& item = items_[size_++];
+  item.first.assign(key);
+  item.second.assign(value);
+}
+
 void Metadata::SetBuiltin(std::string_view key, std::string_view value) {
-  for (auto& item : items_) {
-    if (item.first == key) {
-      item.second.assign(value);
+  for (std::size_t i = 0; i < size_; ++i) {
+    if (items_[i].first == key) {
+      items_[i].second.assign(value);
       return;
     }
   }
-  items_.emplace_back(std::string(key), std::string(value));
+  Append(key, value);
 }
 
 void Metadata::AddTags(const std::vector<Tag>& tags) {
@@ -28,12 +35,12 @@ void Metadata::AddTags(const std::vector<Tag>& tags) {
     // Built-ins are checked by name, not by presence, so a tag cannot claim a built-in
     // even when the server has not set it (yet).
     if (IsBuiltinKey(tag.key) || Find(tag.key) != nullptr) continue;
-    items_.emplace_back(tag.key, tag.value);
+    Append(tag.key, tag.value);
   }
 }
 
 const std::string* Metadata::Find(std::string_view key) const {
-  for (const auto& item : items_) {
+  for (const Item& item : *this) {
     if (item.first == key) return &item.second;
   }
   return nullptr;

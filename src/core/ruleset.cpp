@@ -335,7 +335,7 @@ void RuleSet::Match(const Metadata& metadata, std::vector<BudgetMatch>* out) con
   absl::InlinedVector<std::uint32_t, 16> candidates(index.always_candidates.begin(),
                                                     index.always_candidates.end());
   if (!index.rules_by_key_value.empty()) {
-    for (const auto& [key, value] : metadata.items()) {
+    for (const auto& [key, value] : metadata) {
       const auto found = index.rules_by_key_value.find(KeyValueView{key, value});
       if (found != index.rules_by_key_value.end()) {
         candidates.insert(candidates.end(), found->second.begin(), found->second.end());

@@ -264,8 +264,8 @@ bool HasKey(const std::vector<Tag>& tags, const std::string& key) {
   return false;
 }
 
-std::vector<Tag> ParseCommentBody(std::string_view body) {
-  std::vector<Tag> tags;
+void ParseCommentBody(std::string_view body, std::vector<Tag>* tags_out) {
+  std::vector<Tag>& tags = *tags_out;
   std::string scratch;
   std::size_t pos = 0;
   while (pos < body.size() && tags.size() < kMaxTags) {
@@ -304,19 +304,25 @@ std::vector<Tag> ParseCommentBody(std::string_view body) {
     }
     tags.push_back(std::move(tag));
   }
-  return tags;
 }
 
 }  // namespace
 
 std::vector<Tag> ParseSqlCommenterTags(std::string_view statement) {
+  std::vector<Tag> tags;
+  ParseSqlCommenterTags(statement, &tags);
+  return tags;
+}
+
+void ParseSqlCommenterTags(std::string_view statement, std::vector<Tag>* tags) {
+  tags->clear();
   std::size_t end = statement.size();
   while (end > 0 && (IsSpace(statement[end - 1]) || statement[end - 1] == ';')) --end;
   // The common case, a statement without a trailing comment, costs only this check.
-  if (end < 4 || statement[end - 2] != '*' || statement[end - 1] != '/') return {};
+  if (end < 4 || statement[end - 2] != '*' || statement[end - 1] != '/') return;
   std::string_view body;
-  if (!FindTrailingCommentBody(statement.substr(0, end), &body)) return {};
-  return ParseCommentBody(body);
+  if (!FindTrailingCommentBody(statement.substr(0, end), &body)) return;
+  ParseCommentBody(body, tags);
 }
 
 }  // namespace tc

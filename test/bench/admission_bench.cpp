@@ -17,8 +17,11 @@
 // is the real CLOCK_MONOTONIC one.
 #include <benchmark/benchmark.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -30,7 +33,45 @@
 #include "traffic_control/ruleset.hpp"
 #include "traffic_control/shared_state.hpp"
 
+// Every heap allocation of the process is counted, so each benchmark can
+// report its allocations per statement ("allocs" in the output): in the
+// server a malloc and free per statement are not free either, and frees that
+// overflow glibc's per-thread cache make PostgreSQL's next large allocation
+// consolidate the heap.
+std::atomic<std::uint64_t> heap_allocations{0};
+
+void* CountedAllocation(std::size_t bytes) {
+  heap_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* memory = std::malloc(bytes == 0 ? 1 : bytes)) return memory;
+  throw std::bad_alloc();
+}
+
+void* operator new(std::size_t bytes) { return CountedAllocation(bytes); }
+void* operator new[](std::size_t bytes) { return CountedAllocation(bytes); }
+void operator delete(void* memory) noexcept { std::free(memory); }
+void operator delete[](void* memory) noexcept { std::free(memory); }
+void operator delete(void* memory, std::size_t) noexcept { std::free(memory); }
+void operator delete[](void* memory, std::size_t) noexcept { std::free(memory); }
+
 namespace {
+
+// Reports the heap allocations per iteration of the benchmark loop.
+class AllocationCounter {
+ public:
+  explicit AllocationCounter(benchmark::State& state)
+      : state_(state), start_(heap_allocations.load()) {}
+  ~AllocationCounter() {
+    const double iterations = static_cast<double>(state_.iterations());
+    if (iterations > 0) {
+      state_.counters["allocs"] =
+          static_cast<double>(heap_allocations.load() - start_) / iterations;
+    }
+  }
+
+ private:
+  benchmark::State& state_;
+  std::uint64_t start_;
+};
 
 constexpr int kRules = 1000;
 constexpr std::uint32_t kBuckets = 10000;
@@ -214,6 +255,7 @@ void RunAdmitRelease(benchmark::State& state, Backend& backend, std::string_view
     const tc::Decision decision = backend.controller.Admit(statement, tc::AttemptKind::kFinal);
     backend.controller.Release(decision.holding, 0.00002, true);
   }
+  AllocationCounter allocations(state);
   for (auto _ : state) {
     tc::Decision decision = backend.controller.Admit(statement, tc::AttemptKind::kFinal);
     benchmark::DoNotOptimize(decision);

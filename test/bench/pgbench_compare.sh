@@ -6,14 +6,18 @@
 #      (enforce, max_concurrent and server_share limits far above the load, so
 #      the concurrency slot, the leaky bucket and the estimator all do their
 #      work on every statement)
-# Each round restarts the server once per arm (the arms' order rotates from
-# round to round) and runs `pgbench -S -M prepared` for DURATION seconds; the
-# ratios B/A and C/A are printed per round and as medians. Usage: test/bench/pgbench_compare.sh [ROUNDS] [DURATION] [CLIENTS]
+# The three arms are three clusters with identical data, all running at once
+# (an idle cluster costs nothing), so a round is three back-to-back
+# `pgbench -S -M prepared` runs of DURATION seconds with no restart in
+# between: on a VM whose speed drifts by ±10% within minutes, arms compared
+# seconds apart see the same machine. The arms' order rotates from round to
+# round. Prints TPS per round and arm, the ratios B/A and C/A per round, and
+# their medians. Usage: test/bench/pgbench_compare.sh [ROUNDS] [DURATION] [CLIENTS]
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$TC_ROOT"
-ROUNDS="${1:-5}"
-DURATION="${2:-10}"
+ROUNDS="${1:-20}"
+DURATION="${2:-5}"
 CLIENTS="${3:-2}"
 
 tc_install_dependencies
@@ -21,7 +25,11 @@ tc_build_and_install
 
 WORK="$(mktemp -d /tmp/tc_bench.XXXXXX)"
 chmod 755 "$WORK"
-trap 'tc_stop_cluster "$WORK/cluster"; rm -rf "$WORK"' EXIT
+stop_all() {
+  for arm in A B C; do tc_stop_cluster "$WORK/$arm"; done
+  rm -rf "$WORK"
+}
+trap stop_all EXIT
 
 # 1,000 rules: 999 on tags the benchmark never sends, one on application_name
 # "pgbench" (pgbench's own), each with its own budget.
@@ -37,54 +45,64 @@ with open(f"{work}/rules.conf", "w") as f:
     f.write("traffic_control.rules = '%s'\n" % json.dumps(rules, separators=(",", ":")))
 PY
 
-tc_start_cluster "$WORK/cluster"
-CONF="$TC_DATA/postgresql.conf"
-cp "$CONF" "$WORK/base.conf"
-{
-  echo "shared_buffers = 256MB"
-  echo "max_connections = 40"
-} >>"$WORK/base.conf"
+# One cluster with the pgbench data, copied twice, so the arms differ only
+# in their configuration.
+tc_start_cluster "$WORK/A"
 "$PG_BINDIR/pgbench" -i -q -s 10 postgres >/dev/null 2>&1
+tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$WORK/A/data" -m fast -w stop >/dev/null
+for arm in B C; do cp -a "$WORK/A" "$WORK/$arm"; done
 
-set_arm() {
-  local arm="$1"
-  cp "$WORK/base.conf" "$CONF"
-  case "$arm" in
-    A) echo "shared_preload_libraries = ''" >>"$CONF" ;;
-    B) echo "shared_preload_libraries = 'traffic_control'" >>"$CONF" ;;
-    C) echo "shared_preload_libraries = 'traffic_control'" >>"$CONF"
-       cat "$WORK/rules.conf" >>"$CONF" ;;
-  esac
-  chown postgres:postgres "$CONF" 2>/dev/null || true
-  tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$TC_DATA" -l "$WORK/cluster/server.log" -w -m fast restart >/dev/null
-}
+declare -A PORT
+for arm in A B C; do
+  PORT[$arm]="$(tc_free_port)"
+  conf="$WORK/$arm/data/postgresql.conf"
+  {
+    echo "port = ${PORT[$arm]}"
+    echo "unix_socket_directories = '$WORK/$arm'"
+    echo "shared_buffers = 256MB"
+    echo "max_connections = 40"
+    case "$arm" in
+      A) echo "shared_preload_libraries = ''" ;;
+      B) echo "shared_preload_libraries = 'traffic_control'" ;;
+      C) echo "shared_preload_libraries = 'traffic_control'"; cat "$WORK/rules.conf" ;;
+    esac
+  } >>"$conf"
+  rm -f "$WORK/$arm/data/postmaster.pid"
+  tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$WORK/$arm/data" -l "$WORK/$arm/server.log" -w start >/dev/null
+done
 
 run_arm() {
-  "$PG_BINDIR/pgbench" -S -M prepared -n -c "$CLIENTS" -j "$CLIENTS" -T "$DURATION" postgres 2>/dev/null |
+  local arm="$1" seconds="$2"
+  PGHOST="$WORK/$arm" PGPORT="${PORT[$arm]}" \
+    "$PG_BINDIR/pgbench" -S -M prepared -n -c "$CLIENTS" -j "$CLIENTS" -T "$seconds" postgres 2>/dev/null |
     sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 
+# Warm up every arm: shared buffers, caches, the estimator's patterns.
+for arm in A B C; do run_arm "$arm" 3 >/dev/null; done
+
 declare -A TPS
 echo "round  A_not_loaded  B_no_rules  C_1000_rules  B/A     C/A"
-ORDERS=("A B C" "B C A" "C A B")
+ORDERS=("A B C" "B C A" "C A B" "A C B" "C B A" "B A C")
 for round in $(seq 1 "$ROUNDS"); do
-  # Rotate the order of the arms from round to round, so that a drift of the
-  # machine within a round (or the position after a restart) favours no arm.
-  for arm in ${ORDERS[$(( (round - 1) % 3 ))]}; do
-    set_arm "$arm"
-    "$PG_BINDIR/pgbench" -S -M prepared -n -c "$CLIENTS" -j "$CLIENTS" -T 2 postgres >/dev/null 2>&1  # warm up
-    TPS[$arm,$round]="$(run_arm)"
+  for arm in ${ORDERS[$(( (round - 1) % 6 ))]}; do
+    TPS[$arm,$round]="$(run_arm "$arm" "$DURATION")"
   done
   a="${TPS[A,$round]}"; b="${TPS[B,$round]}"; c="${TPS[C,$round]}"
   awk -v r="$round" -v a="$a" -v b="$b" -v c="$c" \
-    'BEGIN { printf "%5d  %12.0f  %10.0f  %12.0f  %.4f  %.4f\n", r, a, b, c, b / a, c / a }' 
+    'BEGIN { printf "%5d  %12.0f  %10.0f  %12.0f  %.4f  %.4f\n", r, a, b, c, b / a, c / a }'
 done
 
-python3 - "$ROUNDS" "$(for r in $(seq 1 "$ROUNDS"); do echo "${TPS[A,$r]} ${TPS[B,$r]} ${TPS[C,$r]}"; done)" <<'PY'
+python3 - "$(for r in $(seq 1 "$ROUNDS"); do echo "${TPS[A,$r]} ${TPS[B,$r]} ${TPS[C,$r]}"; done)" <<'PY'
 import statistics, sys
-rows = [list(map(float, line.split())) for line in sys.argv[2].splitlines() if line.strip()]
+rows = [list(map(float, line.split())) for line in sys.argv[1].splitlines() if line.strip()]
 b = [r[1] / r[0] for r in rows]
 c = [r[2] / r[0] for r in rows]
-print(f"median B/A (loaded, no rules)   = {statistics.median(b):.4f}  (min {min(b):.4f}, max {max(b):.4f}; target >= 0.99)")
-print(f"median C/A (loaded, 1,000 rules) = {statistics.median(c):.4f}  (min {min(c):.4f}, max {max(c):.4f}; target >= 0.98)")
+def quartiles(v):
+    q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
+    return f"quartiles {q[0]:.4f} .. {q[2]:.4f}, min {min(v):.4f}, max {max(v):.4f}"
+print(f"median B/A (loaded, no rules)    = {statistics.median(b):.4f}  ({quartiles(b)}; target >= 0.99)")
+print(f"median C/A (loaded, 1,000 rules) = {statistics.median(c):.4f}  ({quartiles(c)}; target >= 0.98)")
+totals = [sum(r[i] for r in rows) for i in range(3)]
+print(f"total transactions ratio: B/A = {totals[1] / totals[0]:.4f}, C/A = {totals[2] / totals[0]:.4f}")
 PY
