@@ -125,8 +125,8 @@ class BucketTable {
   // `weight` concurrency units, its bucket (when the budget has server_share)
   // is charged the prediction, and a Holding is returned for each.
   // `wall_now_us` stamps last_blocked_at. Instances already in the table are
-  // decided under the shared table lock plus their entries' spinlocks; only a
-  // new instance takes the exclusive lock.
+  // decided under their entries' spinlocks alone (no table lock); only a new
+  // instance takes the exclusive lock.
   AdmitResult Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
                     std::int64_t wall_now_us);
   // The same into `result` (every field overwritten), whose vectors keep

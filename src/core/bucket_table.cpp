@@ -30,22 +30,34 @@
 // budget has no server_share: no debt is kept.
 //
 // Locking rules:
-// - The table lock (`lock_`, an LWLock in PostgreSQL) guards the index, the
-//   free list, the header and every entry's identity (in_use, key, names).
+// - The table lock (`lock_`, an LWLock in PostgreSQL) guards the index
+//   structure, the free list and the header's used_count and clock_hand.
 //   Exclusive: creating or evicting an entry (Admit of an instance not in the
-//   table), ResetCounters, AddWaiter, RemoveWaiter, ConsistencyProblem.
-//   Shared: Admit of instances that are all in the table, Release, Snapshot,
-//   Evaluate (which only copies states, one spinlock at a time, and decides
-//   on the copies after unlocking).
-//   Nothing changes an entry's identity or the index under the shared lock.
+//   table), ResetCounters, ConsistencyProblem. Shared: Snapshot and Evaluate
+//   (which copy states, one spinlock at a time, and decide on the copies
+//   after unlocking).
 // - Each entry's `state` is guarded by the entry's own spinlock (`spin`, an
 //   __atomic exchange on a plain uint32, as pg_stat_statements' per-entry
-//   mutex), taken while holding the table lock in either mode. Holding the
-//   exclusive table lock alone also suffices (no one else can be inside), but
-//   Admit takes the spinlocks in both modes so there is one decision path.
+//   mutex). Every access to a state takes it, whatever table lock is held.
+// - An entry's identity (in_use, key_hash, names) changes only under both the
+//   exclusive table lock and the entry's spinlock, so either one suffices to
+//   read it. Eviction checks that the entry is idle under that same spinlock.
+// - The fast path, which most statements take: Admit of instances that are
+//   all in the table, and every Release, take no table lock. Admit probes the
+//   index without a lock (atomic loads of the slot numbers and of key_hash;
+//   a probe racing a writer may miss or find a wrong slot), then takes the
+//   spinlocks of the entries found and checks their identity under them;
+//   any doubt (not found, identity changed) falls back to the exclusive
+//   path. Release checks its holding's identity under the entry's spinlock.
+//   So backends running statements of the same budget share only that
+//   entry's cache line, not the table lock's.
 // - Admit takes the spinlocks of all the entries it decides on at once, in
 //   ascending slot order (so two backends can never deadlock), which keeps a
 //   multi-budget decision atomic. Release and Snapshot take one at a time.
+// - The header's waiter count is an atomic counter. Release reads it while
+//   holding the entry's spinlock: a waiter registers before it re-checks the
+//   entry under that spinlock, so either the waiter sees the freed slot or
+//   the releaser sees the waiter (and wakes it).
 // - Under a spinlock: only loads, stores and arithmetic on that memory; no
 //   calls that can block, allocate, throw or take another lock, except further
 //   entry spinlocks in ascending order. Waiting spins with a CPU pause and
@@ -82,6 +94,8 @@ constexpr std::int32_t kNoSlot = -1;
 constexpr std::size_t kBudgetNameCapacity = kMaxBudgetNameBytes + 1;
 // Idle entries an eviction looks at (a bounded scan keeps it O(1)).
 constexpr int kEvictionSample = 32;
+// Scans an eviction makes when its choice becomes busy before it can take it.
+constexpr int kEvictionAttempts = 4;
 // CPU-seconds of slack in the server_share comparison, so that rounding can
 // never make a retry at retry_after_ms fail.
 constexpr double kDebtSlackSeconds = 1e-9;
@@ -100,7 +114,7 @@ struct TableHeader {
   std::uint64_t entries_offset;
   std::uint64_t index_offset;
   std::uint64_t total_bytes;
-  std::int64_t waiters;
+  std::int64_t waiters;      // atomic
   std::int32_t free_head;    // singly linked through BucketEntry::next
   std::uint32_t clock_hand;  // where the next eviction scan starts
 };
@@ -125,7 +139,8 @@ struct BucketEntry {
   std::uint32_t spin;  // 0 = free; only through SpinLock/SpinUnlock
   std::int32_t next;   // free list
   BucketState state;
-  // Identity: written only under the exclusive table lock.
+  // Identity: written only under the exclusive table lock and `spin`
+  // (key_hash atomically: the fast path reads it under neither).
   std::uint64_t key_hash;
   std::uint64_t instance_full_bytes;  // identity: the value may be truncated
   std::uint16_t instance_bytes;       // stored (display) bytes
@@ -140,6 +155,15 @@ static_assert(std::is_trivially_copyable_v<TableHeader> && std::is_standard_layo
 static_assert(std::is_trivially_copyable_v<BucketEntry> && std::is_standard_layout_v<BucketEntry>);
 static_assert(kMaxInstanceDisplayBytes <= UINT16_MAX);
 static_assert(kMaxBudgetNameBytes <= UINT8_MAX);
+
+// key_hash is read by the fast path under no lock at all: always atomically.
+std::uint64_t KeyHashOf(const BucketEntry& entry) {
+  return __atomic_load_n(&entry.key_hash, __ATOMIC_RELAXED);
+}
+
+void SetKeyHash(BucketEntry& entry, std::uint64_t key_hash) {
+  __atomic_store_n(&entry.key_hash, key_hash, __ATOMIC_RELAXED);
+}
 
 // --- Spinlocks: see shm_primitives.hpp ------------------------------------------
 
@@ -284,7 +308,8 @@ std::string_view Truncate(std::string_view text, std::size_t max_bytes) {
 
 bool SameKey(const BucketEntry& entry, std::uint64_t key_hash, const AdmissionRequest& request) {
   const std::string_view instance = request.has_instance ? request.instance : std::string_view();
-  return entry.key_hash == key_hash && entry.has_instance == (request.has_instance ? 1 : 0) &&
+  return entry.in_use && KeyHashOf(entry) == key_hash &&
+         entry.has_instance == (request.has_instance ? 1 : 0) &&
          entry.instance_full_bytes == instance.size() &&
          StoredBudget(entry) == Truncate(request.budget->name, kMaxBudgetNameBytes) &&
          StoredInstance(entry) == Truncate(instance, kMaxInstanceDisplayBytes);
@@ -294,37 +319,49 @@ std::uint32_t HomeOf(const TableView& table, std::uint64_t key_hash) {
   return static_cast<std::uint32_t>(key_hash) & table.mask;
 }
 
-// Index position holding `slot` (which must be indexed).
-std::uint32_t IndexPositionOf(const TableView& table, std::int32_t slot) {
-  std::uint32_t pos = HomeOf(table, table.entries[slot].key_hash);
-  while (table.index[pos] != slot) pos = (pos + 1) & table.mask;
+// The index is read by the fast path without any lock, while a writer holding
+// the exclusive lock may change it: every access is atomic.
+std::int32_t IndexAt(const TableView& table, std::uint32_t pos) {
+  return __atomic_load_n(&table.index[pos], __ATOMIC_ACQUIRE);
+}
+
+void SetIndexAt(const TableView& table, std::uint32_t pos, std::int32_t slot) {
+  __atomic_store_n(&table.index[pos], slot, __ATOMIC_RELEASE);
+}
+
+// Index position holding `slot`, indexed under `key_hash`.
+std::uint32_t IndexPositionOf(const TableView& table, std::int32_t slot, std::uint64_t key_hash) {
+  std::uint32_t pos = HomeOf(table, key_hash);
+  while (IndexAt(table, pos) != slot) pos = (pos + 1) & table.mask;
   return pos;
 }
 
 void IndexInsert(const TableView& table, std::int32_t slot) {
-  std::uint32_t pos = HomeOf(table, table.entries[slot].key_hash);
+  std::uint32_t pos = HomeOf(table, KeyHashOf(table.entries[slot]));
   // The index is at most half full, so an empty position is always found.
-  while (table.index[pos] != kNoSlot) pos = (pos + 1) & table.mask;
-  table.index[pos] = slot;
+  while (IndexAt(table, pos) != kNoSlot) pos = (pos + 1) & table.mask;
+  SetIndexAt(table, pos, slot);
 }
 
 // Backward-shift deletion: later members of the probe run move up so lookups
-// never stop early at the hole (no tombstones to accumulate).
+// never stop early at the hole (no tombstones to accumulate). A member is
+// written at its new position before its old one is reused, so an unlocked
+// probe can only miss a key for a moment (and then takes the locked path).
 void IndexErase(const TableView& table, std::uint32_t hole) {
   std::uint32_t pos = hole;
   for (;;) {
     pos = (pos + 1) & table.mask;
-    const std::int32_t slot = table.index[pos];
+    const std::int32_t slot = IndexAt(table, pos);
     if (slot == kNoSlot) break;
-    const std::uint32_t home = HomeOf(table, table.entries[slot].key_hash);
+    const std::uint32_t home = HomeOf(table, KeyHashOf(table.entries[slot]));
     // The member at `pos` may fill the hole unless its home lies cyclically
     // in (hole, pos].
     if (((pos - home) & table.mask) >= ((pos - hole) & table.mask)) {
-      table.index[hole] = slot;
+      SetIndexAt(table, hole, slot);
       hole = pos;
     }
   }
-  table.index[hole] = kNoSlot;
+  SetIndexAt(table, hole, kNoSlot);
 }
 
 bool Contains(const std::int32_t* slots, std::size_t count, std::int32_t slot) {
@@ -387,37 +424,59 @@ struct EvictionRank {
 // entries (skipping busy ones) and evicts the best of them by EvictionRank.
 // Busy entries are bounded by the running statements, so the scan is short
 // unless the table is tiny. kNoSlot when every entry is busy or pinned.
+// Under the exclusive table lock; each state is read under its spinlock, and
+// the chosen entry is checked idle again and its identity cleared under its
+// spinlock (a fast-path Admit may have taken it since the scan looked).
 std::int32_t Evict(const TableView& table, const std::int32_t* pinned, std::size_t pinned_count,
                    std::int64_t now_us) {
   TableHeader& header = *table.header;
   const std::uint32_t capacity = header.capacity;
   if (capacity == 0) return kNoSlot;
-  std::int32_t best = kNoSlot;
-  EvictionRank best_rank{};
-  int sampled = 0;
-  std::uint32_t pos = header.clock_hand % capacity;
-  for (std::uint32_t seen = 0; seen < capacity && sampled < kEvictionSample; ++seen) {
-    const auto slot = static_cast<std::int32_t>(pos);
-    pos = pos + 1 == capacity ? 0 : pos + 1;
-    const BucketEntry& entry = table.entries[slot];
-    if (!entry.in_use || entry.state.active > 0 || Contains(pinned, pinned_count, slot)) continue;
-    ++sampled;
-    const double debt = DrainedDebt(entry.state, now_us);
-    EvictionRank rank{0, 0, entry.state.last_used_us};
-    if (debt > 0) {
-      rank.drained_class = 1;
-      rank.seconds_to_empty = entry.state.drain_per_second > 0
-                                  ? debt / entry.state.drain_per_second
-                                  : std::numeric_limits<double>::infinity();
+  for (int attempt = 0; attempt < kEvictionAttempts; ++attempt) {
+    std::int32_t best = kNoSlot;
+    EvictionRank best_rank{};
+    int sampled = 0;
+    std::uint32_t pos = header.clock_hand % capacity;
+    for (std::uint32_t seen = 0; seen < capacity && sampled < kEvictionSample; ++seen) {
+      const auto slot = static_cast<std::int32_t>(pos);
+      pos = pos + 1 == capacity ? 0 : pos + 1;
+      BucketEntry& entry = table.entries[slot];
+      if (!entry.in_use || Contains(pinned, pinned_count, slot)) continue;
+      BucketState state;
+      {
+        SpinGuard spin(entry);
+        state = entry.state;
+      }
+      if (state.active > 0) continue;
+      ++sampled;
+      const double debt = DrainedDebt(state, now_us);
+      EvictionRank rank{0, 0, state.last_used_us};
+      if (debt > 0) {
+        rank.drained_class = 1;
+        rank.seconds_to_empty = state.drain_per_second > 0
+                                    ? debt / state.drain_per_second
+                                    : std::numeric_limits<double>::infinity();
+      }
+      if (best == kNoSlot || rank < best_rank) {
+        best = slot;
+        best_rank = rank;
+      }
     }
-    if (best == kNoSlot || rank < best_rank) {
-      best = slot;
-      best_rank = rank;
+    header.clock_hand = pos;
+    if (best == kNoSlot) return kNoSlot;
+
+    BucketEntry& entry = table.entries[best];
+    const std::uint64_t old_hash = KeyHashOf(entry);
+    {
+      SpinGuard spin(entry);
+      if (entry.state.active > 0) continue;  // taken meanwhile: look again
+      entry.in_use = 0;                      // from here on no Admit or Release accepts this entry
+      SetKeyHash(entry, 0);
     }
+    IndexErase(table, IndexPositionOf(table, best, old_hash));  // its counters go too
+    return best;
   }
-  header.clock_hand = pos;
-  if (best != kNoSlot) IndexErase(table, IndexPositionOf(table, best));  // its counters go too
-  return best;
+  return kNoSlot;
 }
 
 // A slot for a new key: a free one, else an evicted idle one. kNoSlot when
@@ -436,10 +495,23 @@ std::int32_t TakeSlot(const TableView& table, const std::int32_t* pinned, std::s
 
 // Under the table lock (either mode).
 std::int32_t Find(const TableView& table, const AdmissionRequest& request, std::uint64_t key_hash) {
-  for (std::uint32_t pos = HomeOf(table, key_hash); table.index[pos] != kNoSlot;
+  for (std::uint32_t pos = HomeOf(table, key_hash); IndexAt(table, pos) != kNoSlot;
        pos = (pos + 1) & table.mask) {
-    const std::int32_t slot = table.index[pos];
+    const std::int32_t slot = IndexAt(table, pos);
     if (SameKey(table.entries[slot], key_hash, request)) return slot;
+  }
+  return kNoSlot;
+}
+
+// Without any lock: the slot whose key_hash matches, to be confirmed under
+// its spinlock (SameKey). A writer may be moving index members meanwhile, so
+// the probe is bounded and may come back empty-handed.
+std::int32_t FindUnlocked(const TableView& table, std::uint64_t key_hash) {
+  std::uint32_t pos = HomeOf(table, key_hash);
+  for (std::uint32_t step = 0; step <= table.mask; ++step, pos = (pos + 1) & table.mask) {
+    const std::int32_t slot = IndexAt(table, pos);
+    if (slot == kNoSlot) return kNoSlot;
+    if (slot >= 0 && KeyHashOf(table.entries[slot]) == key_hash) return slot;
   }
   return kNoSlot;
 }
@@ -463,21 +535,27 @@ std::int32_t FindOrCreate(const TableView& table, const AdmissionRequest& reques
   if (slot == kNoSlot) return kNoSlot;
 
   BucketEntry& entry = table.entries[slot];
-  std::memset(&entry, 0, sizeof entry);  // spin = 0: nobody can hold it now
   const std::string_view budget = Truncate(request.budget->name, kMaxBudgetNameBytes);
   const std::string_view instance = request.has_instance ? request.instance : std::string_view();
   const std::string_view display = Truncate(instance, kMaxInstanceDisplayBytes);
-  entry.key_hash = key_hash;
-  entry.in_use = 1;
-  entry.has_instance = request.has_instance ? 1 : 0;
-  entry.budget_bytes = static_cast<std::uint8_t>(budget.size());
-  budget.copy(entry.budget, budget.size());  // copy(): memcpy may not take null
-  entry.instance_full_bytes = instance.size();
-  entry.instance_bytes = static_cast<std::uint16_t>(display.size());
-  display.copy(entry.instance, display.size());
-  entry.next = kNoSlot;
-  entry.state = NewState(now_us);
-  IndexInsert(table, slot);
+  {
+    // A fast-path Admit that found this slot before it was evicted may be
+    // holding the spinlock to check the identity it is about to lose.
+    SpinGuard spin(entry);
+    SetKeyHash(entry, key_hash);
+    entry.in_use = 1;
+    entry.has_instance = request.has_instance ? 1 : 0;
+    entry.budget_bytes = static_cast<std::uint8_t>(budget.size());
+    std::memset(entry.budget, 0, sizeof entry.budget);
+    budget.copy(entry.budget, budget.size());  // copy(): memcpy may not take null
+    entry.instance_full_bytes = instance.size();
+    entry.instance_bytes = static_cast<std::uint16_t>(display.size());
+    std::memset(entry.instance, 0, sizeof entry.instance);
+    display.copy(entry.instance, display.size());
+    entry.next = kNoSlot;
+    entry.state = NewState(now_us);
+  }
+  IndexInsert(table, slot);  // published only once complete
   return slot;
 }
 
@@ -672,25 +750,34 @@ bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending*
   return refused;
 }
 
-// Decides every request and applies the outcome. Called with the table lock
-// held (either mode) and every slot in `slots` resolved; takes the entries'
-// spinlocks itself. `order` and `states` are scratch for `count` slot numbers
-// and state pointers. No allocation:
-// result->verdicts is sized and result->holdings reserved by the caller.
-void DecideLocked(const TableView& table, const std::vector<AdmissionRequest>& requests,
-                  Pending* pending, std::int32_t* slots, std::int32_t* order, BucketState** states,
-                  AttemptKind kind, std::int64_t wall_now_us, std::int64_t now_us,
-                  AdmitResult* result) {
-  using Action = BudgetVerdict::Action;
-  const std::size_t count = requests.size();
-
-  // The distinct entries, locked in ascending slot order.
+// Takes the spinlocks of the distinct entries among slots[0..count), in
+// ascending slot order (so that two backends can never deadlock); `order`
+// receives them. Returns how many were locked.
+std::size_t LockEntries(const TableView& table, const std::int32_t* slots, std::size_t count,
+                        std::int32_t* order) {
   std::size_t locked = 0;
   for (std::size_t i = 0; i < count; ++i) {
     if (slots[i] != kNoSlot && !Contains(order, locked, slots[i])) order[locked++] = slots[i];
   }
   std::sort(order, order + locked);
   for (std::size_t k = 0; k < locked; ++k) SpinLock(&table.entries[order[k]].spin);
+  return locked;
+}
+
+void UnlockEntries(const TableView& table, const std::int32_t* order, std::size_t locked) {
+  for (std::size_t k = locked; k > 0; --k) SpinUnlock(&table.entries[order[k - 1]].spin);
+}
+
+// Decides every request and applies the outcome, with the spinlocks of every
+// entry in `slots` held (LockEntries). `states` is scratch for `count` state
+// pointers. No allocation: result->verdicts is sized and result->holdings
+// reserved by the caller.
+void DecideUnderSpinlocks(const TableView& table, const std::vector<AdmissionRequest>& requests,
+                          Pending* pending, std::int32_t* slots, BucketState** states,
+                          AttemptKind kind, std::int64_t wall_now_us, std::int64_t now_us,
+                          AdmitResult* result) {
+  using Action = BudgetVerdict::Action;
+  const std::size_t count = requests.size();
 
   for (std::size_t i = 0; i < count; ++i) {
     states[i] = slots[i] != kNoSlot ? &table.entries[slots[i]].state : nullptr;
@@ -746,8 +833,18 @@ void DecideLocked(const TableView& table, const std::vector<AdmissionRequest>& r
           Holding{static_cast<std::uint32_t>(slots[i]), pending[i].hash, request.weight, charged});
     }
   }
+}
 
-  for (std::size_t k = locked; k > 0; --k) SpinUnlock(&table.entries[order[k - 1]].spin);
+// DecideUnderSpinlocks with the spinlocks taken and released here; every slot
+// resolved under the exclusive table lock. `order` is scratch for `count`
+// slot numbers.
+void DecideLocked(const TableView& table, const std::vector<AdmissionRequest>& requests,
+                  Pending* pending, std::int32_t* slots, std::int32_t* order, BucketState** states,
+                  AttemptKind kind, std::int64_t wall_now_us, std::int64_t now_us,
+                  AdmitResult* result) {
+  const std::size_t locked = LockEntries(table, slots, requests.size(), order);
+  DecideUnderSpinlocks(table, requests, pending, slots, states, kind, wall_now_us, now_us, result);
+  UnlockEntries(table, order, locked);
 }
 
 }  // namespace
@@ -855,20 +952,28 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
   }
   const std::int64_t now_us = clock_.NowMicros();
 
-  // The common case: every instance exists, so the shared lock suffices and
-  // backends only contend on the entries' spinlocks.
-  {
-    SharedGuard guard(lock_);
-    bool all_found = true;
-    for (std::size_t i = 0; i < count && all_found; ++i) {
-      slots[i] = Find(table, requests[i], pending[i].hash);
-      all_found = slots[i] != kNoSlot;
+  // The fast path: every instance exists. Found without the table lock and
+  // confirmed under the entries' spinlocks, so backends only meet on the
+  // entries they share.
+  bool all_found = true;
+  for (std::size_t i = 0; i < count && all_found; ++i) {
+    slots[i] = FindUnlocked(table, pending[i].hash);
+    all_found = slots[i] != kNoSlot;
+  }
+  if (all_found) {
+    const std::size_t locked = LockEntries(table, slots.data(), count, order.data());
+    bool confirmed = true;
+    for (std::size_t i = 0; i < count && confirmed; ++i) {
+      confirmed = SameKey(table.entries[slots[i]], pending[i].hash, requests[i]);
     }
-    if (all_found) {
-      DecideLocked(table, requests, pending.data(), slots.data(), order.data(), states.data(), kind,
-                   wall_now_us, now_us, &result);
-      return;
+    if (confirmed) {
+      DecideUnderSpinlocks(table, requests, pending.data(), slots.data(), states.data(), kind,
+                           wall_now_us, now_us, &result);
     }
+    UnlockEntries(table, order.data(), locked);
+    if (confirmed) return;
+    std::fill(slots.data(), slots.data() + count, kNoSlot);
+    std::fill(order.data(), order.data() + count, kNoSlot);
   }
 
   // A new instance: the exclusive lock to create it (looked up again, as the
@@ -956,33 +1061,33 @@ bool BucketTable::Release(const Holding& holding, std::optional<double> actual_s
   // (last_used_us was set at admission; a busy entry is never evicted.)
   const std::int64_t now_us = correct ? clock_.NowMicros() : 0;
 
-  SharedGuard guard(lock_);
+  // No table lock: the identity is checked under the entry's spinlock.
   BucketEntry& entry = table.entries[slot];
+  SpinGuard spin(entry);
   // A mismatch means the holding was released already and the entry reused.
-  if (!entry.in_use || entry.key_hash != holding.key_hash) return false;
-  {
-    SpinGuard spin(entry);
-    BucketState& state = entry.state;
-    state.active -= std::min<std::int64_t>(state.active, holding.weight);
-    if (correct && state.drain_per_second >= 0) {
-      DrainTo(state, now_us);
-      state.debt = std::max(0.0, state.debt + (*actual_seconds - holding.charged_seconds));
-    }
-    if (correct) state.last_used_us = std::max(state.last_used_us, now_us);
+  if (!entry.in_use || KeyHashOf(entry) != holding.key_hash) return false;
+  BucketState& state = entry.state;
+  state.active -= std::min<std::int64_t>(state.active, holding.weight);
+  if (correct && state.drain_per_second >= 0) {
+    DrainTo(state, now_us);
+    state.debt = std::max(0.0, state.debt + (*actual_seconds - holding.charged_seconds));
   }
-  return table.header->waiters > 0;
+  if (correct) state.last_used_us = std::max(state.last_used_us, now_us);
+  // Read under the spinlock: see the locking rules on waiters.
+  return __atomic_load_n(&table.header->waiters, __ATOMIC_SEQ_CST) > 0;
 }
 
 void BucketTable::AddWaiter() {
   const TableView table = ViewOf(memory_);
-  ExclusiveGuard guard(lock_);
-  ++table.header->waiters;
+  __atomic_add_fetch(&table.header->waiters, 1, __ATOMIC_SEQ_CST);
 }
 
 void BucketTable::RemoveWaiter() {
   const TableView table = ViewOf(memory_);
-  ExclusiveGuard guard(lock_);
-  if (table.header->waiters > 0) --table.header->waiters;
+  std::int64_t waiters = __atomic_load_n(&table.header->waiters, __ATOMIC_SEQ_CST);
+  while (waiters > 0 && !__atomic_compare_exchange_n(&table.header->waiters, &waiters, waiters - 1,
+                                                     false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+  }
 }
 
 namespace {
@@ -1070,6 +1175,7 @@ void BucketTable::ResetCounters() {
   const std::uint32_t slot_count = capacity();
   ExclusiveGuard guard(lock_);
   for (std::uint32_t slot = 0; slot < slot_count; ++slot) {
+    SpinGuard spin(table.entries[slot]);
     BucketState& state = table.entries[slot].state;
     // Counters only: active and debt are live state, not statistics.
     state.admitted = state.warned = state.queued = 0;
@@ -1081,7 +1187,9 @@ void BucketTable::ResetCounters() {
 std::string BucketTable::ConsistencyProblem() {
   const TableView table = ViewOf(memory_);
   const std::uint32_t slot_count = capacity();
-  ExclusiveGuard guard(lock_);  // reads entries' state without their spinlocks
+  // Reads entries' state without their spinlocks: only while no other thread
+  // uses the table (the fast path takes no table lock).
+  ExclusiveGuard guard(lock_);
   const TableHeader& header = *table.header;
   std::uint32_t used = 0, indexed = 0, free_entries = 0;
   for (std::uint32_t slot = 0; slot < slot_count; ++slot) {
