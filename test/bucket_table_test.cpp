@@ -814,6 +814,63 @@ TEST(BucketTable, ConcurrentAdmitAndReleaseEndsWithNothingActive) {
   ExpectConsistent(table);
 }
 
+// The fast path (no table lock) racing evictions: two "backends" take and
+// give back the single slot of a max_concurrent 1 instance, while a third
+// fills a 4-entry table with new instances, evicting that instance whenever
+// it is idle. Mutual exclusion must hold throughout (a fast-path Admit must
+// never count on an entry being evicted or reused), and nothing may be left
+// active.
+TEST(BucketTable, FastPathRacingEvictionsKeepsMaxConcurrentExact) {
+  SharedMemory memory(4);
+  MutexLock lock;
+  FakeClock clock;
+  const Budget strict = MakeBudget("strict", Mode::kEnforce, 1);
+  const Budget churn = MakeBudget("churn", Mode::kEnforce, 1000);
+  std::atomic<int> inside{0};
+  std::atomic<bool> overlap{false};
+  std::atomic<int> admitted{0};
+  std::atomic<bool> stop{false};
+
+  auto contender = [&] {
+    BucketTable table(memory.span(), lock, clock);
+    for (int step = 0; step < 60000; ++step) {
+      const AdmitResult result = AdmitOne(table, Request(strict));
+      if (!result.admitted) continue;
+      if (result.untracked > 0) {  // the table was full of busy entries: not counted
+        table.Release(result.holdings.at(0));
+        continue;
+      }
+      if (inside.fetch_add(1) != 0) overlap = true;
+      ++admitted;
+      inside.fetch_sub(1);
+      table.Release(result.holdings.at(0));
+    }
+  };
+  auto evictor = [&] {
+    BucketTable table(memory.span(), lock, clock);
+    for (std::uint32_t n = 0; !stop; ++n) {
+      const std::string instance = std::to_string(n % 64);
+      const AdmitResult result = AdmitOne(table, Request(churn, instance));
+      for (const Holding& holding : result.holdings) table.Release(holding);
+    }
+  };
+  std::thread churner(evictor);
+  std::thread first(contender);
+  std::thread second(contender);
+  first.join();
+  second.join();
+  stop = true;
+  churner.join();
+
+  EXPECT_FALSE(overlap);
+  EXPECT_GT(admitted.load(), 1000);  // the race really ran
+  BucketTable table(memory.span(), lock, clock);
+  for (const BucketSnapshot& snapshot : table.Snapshot()) {
+    EXPECT_EQ(snapshot.active, 0) << snapshot.budget << "/" << snapshot.instance;
+  }
+  ExpectConsistent(table);
+}
+
 // --- Cost limits: per_query_limit and the leaky bucket (server_share) -----------
 
 // A harness whose clock only moves when told to.
