@@ -239,16 +239,18 @@ tc_header_size(void)
 	return MAXALIGN(sizeof(TcShared));
 }
 
+/* With room to start the core's tables on a cache line, as their layouts expect. */
 static Size
 tc_memsize(void)
 {
-	return add_size(tc_header_size(), tc_shared_size(tc_max_buckets, tc_max_patterns));
+	return add_size(add_size(tc_header_size(), PG_CACHE_LINE_SIZE),
+					tc_shared_size(tc_max_buckets, tc_max_patterns));
 }
 
 static void *
 tc_core_address(void)
 {
-	return (char *) tc_shared + tc_header_size();
+	return (void *) TYPEALIGN(PG_CACHE_LINE_SIZE, (char *) tc_shared + tc_header_size());
 }
 
 static void
@@ -441,21 +443,30 @@ cpu_seconds_now(void)
 /*
  * Reading the process CPU clock is a system call (a few microseconds on a
  * VM), as long as a whole cheap statement. So it is read for every statement
- * whose cost is unknown or predicted at 0.5 ms of CPU or more, and for one in
- * TC_CPU_SAMPLE_EVERY of the cheaper ones: enough to keep learning their k.
- * An unmeasured statement keeps the debt it was charged at admission.
+ * whose cost is unknown or predicted at 0.5 ms of CPU or more, and for cheap
+ * ones at most once per TC_CHEAP_SAMPLE_INTERVAL_US of wall-clock time per
+ * backend: every cheap statement of a backend running a few per second, about
+ * one in 250 of one running 25,000 per second. That is enough to keep
+ * learning their k, and bounds the cost of measuring to about 100 pairs of
+ * clock reads per second and backend. An unmeasured statement keeps the debt
+ * it was charged at admission.
  */
 #define TC_CHEAP_STATEMENT_SECONDS 0.0005
-#define TC_CPU_SAMPLE_EVERY 64
+#define TC_CHEAP_SAMPLE_INTERVAL_US 10000
 
 static bool
-worth_measuring(double predicted_seconds)
+worth_measuring(double predicted_seconds, int64 wall_now_us)
 {
-	static uint32 cheap_statements = 0;
+	static int64 last_cheap_sample_us = 0;
 
 	if (predicted_seconds < 0 || predicted_seconds >= TC_CHEAP_STATEMENT_SECONDS)
 		return true;
-	return (cheap_statements++ % TC_CPU_SAMPLE_EVERY) == 0;
+	/* A clock stepped back counts as time passed: sample again at once. */
+	if (wall_now_us >= last_cheap_sample_us &&
+		wall_now_us - last_cheap_sample_us < TC_CHEAP_SAMPLE_INTERVAL_US)
+		return false;
+	last_cheap_sample_us = wall_now_us;
+	return true;
 }
 
 static void
@@ -991,7 +1002,7 @@ admit_statement(const char *source, int location, int length, const char *comman
 				 admission.refusal.hint ? errhint("%s", admission.refusal.hint) : 0));
 	}
 	if (admission.measure_cpu && admission.holding != 0 &&
-		worth_measuring(admission.predicted_seconds))
+		worth_measuring(admission.predicted_seconds, statement.wall_now_us))
 		*cpu_start = cpu_seconds_now();
 	return admission.holding;
 }

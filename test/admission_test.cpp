@@ -93,6 +93,42 @@ TEST_F(AdmissionTest, UnmatchedStatementHoldsNothing) {
   EXPECT_TRUE(table_->Snapshot().empty());
 }
 
+// The controller keeps the last statement's match while the metadata stay
+// the same: every change of tags, built-ins or rules must still be seen.
+TEST_F(AdmissionTest, EachStatementIsMatchedOnItsOwnMetadata) {
+  Configure(R"([{"name":"a","mode":"enforce","max_concurrent":0},
+                {"name":"b","mode":"enforce","max_concurrent":0},
+                {"name":"batch","mode":"enforce","max_concurrent":0}])",
+            R"([{"budget":"a","match":{"route":"a"}},
+                {"budget":"b","match":{"route":"b"}},
+                {"budget":"batch","match":{"application_name":"batch"}}])");
+  auto refused_by = [&](const StatementInfo& statement) -> std::string {
+    const Decision decision = controller_.Admit(statement, AttemptKind::kFinal);
+    return decision.outcome == Decision::Outcome::kRefused ? decision.refusal.budget : "";
+  };
+  const StatementInfo route_a = Statement("SELECT 1 /*route='a'*/");
+  const StatementInfo route_b = Statement("SELECT 1 /*route='b'*/");
+  const StatementInfo untagged = Statement("SELECT 1");
+  StatementInfo from_batch = Statement("SELECT 1");
+  from_batch.application_name = "batch";
+  EXPECT_EQ(refused_by(route_a), "a");
+  EXPECT_EQ(refused_by(route_a), "a");
+  EXPECT_EQ(refused_by(route_b), "b");
+  EXPECT_EQ(refused_by(untagged), "");
+  EXPECT_EQ(refused_by(from_batch), "batch");
+  EXPECT_EQ(refused_by(untagged), "");
+  EXPECT_EQ(refused_by(route_a), "a");
+
+  // New rules: the same statement is matched again.
+  // (The same keys as before, so the statements' metadata are the same.)
+  Configure(R"([{"name":"other","mode":"enforce","max_concurrent":0},
+                {"name":"a2","mode":"enforce","max_concurrent":0}])",
+            R"([{"budget":"other","match":{"application_name":"other"}},
+                {"budget":"a2","match":{"route":"a"}}])");
+  EXPECT_EQ(refused_by(route_a), "a2");
+  EXPECT_EQ(refused_by(route_b), "");
+}
+
 TEST_F(AdmissionTest, RefusesAtTheLimitAndAdmitsAfterRelease) {
   Configure(R"([{"name":"best-effort","mode":"enforce","max_concurrent":1}])",
             R"([{"name":"export","budget":"best-effort","match":{"route":"/api/export"}}])");

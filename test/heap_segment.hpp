@@ -1,5 +1,6 @@
-// Heap memory standing in for a shared-memory segment (8-byte aligned),
-// formatted for one of the core's shared tables, for the GoogleTest suites.
+// Heap memory standing in for a shared-memory segment (aligned on a cache
+// line, as PostgreSQL's shared memory allocations are), formatted for one of
+// the core's shared tables, for the GoogleTest suites.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -12,13 +13,16 @@ template <typename Table>
 class HeapSegment {
  public:
   explicit HeapSegment(std::uint32_t capacity)
-      : words_(Table::RequiredBytes(capacity) / sizeof(std::uint64_t) + 1) {
+      : lines_(Table::RequiredBytes(capacity) / sizeof(CacheLine) + 1) {
     Table::Initialize(span(), capacity);
   }
-  MemorySpan span() { return MemorySpan{words_.data(), words_.size() * sizeof(std::uint64_t)}; }
+  MemorySpan span() { return MemorySpan{lines_.data(), lines_.size() * sizeof(CacheLine)}; }
 
  private:
-  std::vector<std::uint64_t> words_;
+  struct alignas(64) CacheLine {
+    unsigned char bytes[64];
+  };
+  std::vector<CacheLine> lines_;
 };
 
 }  // namespace tc

@@ -214,6 +214,9 @@ class AdmissionController {
   Metadata metadata_;
   std::vector<Tag> tags_;
   std::vector<BudgetMatch> matches_;
+  // The metadata matches_ was matched from (valid until the rules change).
+  Metadata matched_metadata_;
+  bool matched_metadata_valid_ = false;
   std::vector<AdmissionRequest> requests_;
   AdmitResult admit_result_;
 };

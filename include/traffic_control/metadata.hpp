@@ -36,6 +36,10 @@ class Metadata {
   // A copy of the items, in insertion order (for display and tests).
   std::vector<Item> items() const { return std::vector<Item>(begin(), end()); }
   void Clear() { size_ = 0; }
+  // Becomes a copy of `other`, reusing this one's storage.
+  void AssignFrom(const Metadata& other);
+  // The same items in the same order.
+  bool operator==(const Metadata& other) const;
 
  private:
   void Append(std::string_view key, std::string_view value);

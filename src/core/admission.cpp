@@ -45,6 +45,7 @@ void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> pro
   FlushHistory();
   rules_ = std::move(rules);
   problems_ = std::move(problems);
+  matched_metadata_valid_ = false;
   rule_slots_.assign(rules_.rules().size(), kUnresolved);
   pending_counts_.assign(rule_slots_.size(), 0);
   history_slots_.assign(rules_.budgets().size(), kUnresolved);
@@ -68,9 +69,16 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
   *predicted = std::nullopt;
   *has_cost_limit = false;
   BuildMetadata(statement, &metadata_, &rules_, &tags_);
-  matches_.clear();
   requests_.clear();
-  rules_.Match(metadata_, &matches_);
+  // A backend's statements mostly come with the same metadata (same role,
+  // application and database, the same tags or none): the match of the last
+  // statement is kept and reused while the metadata stay the same.
+  if (!matched_metadata_valid_ || !(metadata_ == matched_metadata_)) {
+    matches_.clear();
+    rules_.Match(metadata_, &matches_);
+    matched_metadata_.AssignFrom(metadata_);
+    matched_metadata_valid_ = true;
+  }
   if (matches_.empty()) return false;
 
   // Predict only when a cost limit can use the prediction: the estimator's

@@ -8,7 +8,8 @@
 //   TableHeader                        magic/version, capacity, waiter count,
 //                                      free list, eviction hand, hash seed
 //   BucketEntry entries[capacity]      spinlock, state (counts, debt,
-//                                      counters), key, display text
+//                                      counters), key, display text; on
+//                                      cache-line boundaries (see BucketEntry)
 //   int32 index[index_size]            open addressing: power of two >=
 //                                      2 x capacity, linear probing,
 //                                      backward-shift deletion; kNoSlot = empty
@@ -77,6 +78,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -89,7 +91,7 @@ namespace tc {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x54434255434b4554ULL;  // "TCBUCKET"
-constexpr std::uint32_t kLayoutVersion = 2;
+constexpr std::uint32_t kLayoutVersion = 3;
 constexpr std::int32_t kNoSlot = -1;
 constexpr std::size_t kBudgetNameCapacity = kMaxBudgetNameBytes + 1;
 // Idle entries an eviction looks at (a bounded scan keeps it O(1)).
@@ -119,15 +121,17 @@ struct TableHeader {
   std::uint32_t clock_hand;  // where the next eviction scan starts
 };
 
-// What the entry's spinlock guards.
+// What the entry's spinlock guards. The fields every admission and release
+// write come first: with the spinlock they fill the entry's first cache line.
 struct BucketState {
-  std::int64_t active;              // concurrency units held (1 + workers per statement)
-  double debt;                      // leaky bucket debt, CPU-seconds at debt_updated_us
-  double drain_per_second;          // CPU-seconds per second; < 0: no bucket
-  std::int64_t debt_updated_us;     // monotonic clock
-  std::int64_t last_used_us;        // monotonic clock
-  std::int64_t last_blocked_at_us;  // wall clock, 0 = never
+  std::int64_t active;           // concurrency units held (1 + workers per statement)
+  double debt;                   // leaky bucket debt, CPU-seconds at debt_updated_us
+  double drain_per_second;       // CPU-seconds per second; < 0: no bucket
+  std::int64_t debt_updated_us;  // monotonic clock
+  std::int64_t last_used_us;     // monotonic clock
   std::uint64_t admitted;
+  // Written only by a warning, a refusal or a wait:
+  std::int64_t last_blocked_at_us;  // wall clock, 0 = never
   std::uint64_t warned;
   std::uint64_t blocked_max_concurrent;
   std::uint64_t blocked_per_query_limit;
@@ -135,10 +139,29 @@ struct BucketState {
   std::uint64_t queued;
 };
 
+constexpr std::size_t kCacheLineBytes = 64;
+
+constexpr std::size_t RoundUp(std::size_t value, std::size_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+// Bytes of an entry before its identity, and of its identity (the fields
+// from key_hash to instance, as declared below).
+constexpr std::size_t kEntryHotBytes = 2 * sizeof(std::uint32_t) + sizeof(BucketState);
+constexpr std::size_t kEntryIdentityBytes = 2 * sizeof(std::uint64_t) + sizeof(std::uint16_t) +
+                                            3 * sizeof(std::uint8_t) + kBudgetNameCapacity +
+                                            kMaxInstanceDisplayBytes;
+
+// Cache lines (the table and its entries start on line boundaries): the
+// spinlock and the hot state share the first line, which backends running
+// statements of the same budget pass between them; the identity, which every
+// admission reads and only creation and eviction write, starts on a line of
+// its own, so that reading it never has to fetch the line being written.
 struct BucketEntry {
   std::uint32_t spin;  // 0 = free; only through SpinLock/SpinUnlock
   std::int32_t next;   // free list
   BucketState state;
+  unsigned char padding_before_identity[RoundUp(kEntryHotBytes, kCacheLineBytes) - kEntryHotBytes];
   // Identity: written only under the exclusive table lock and `spin`
   // (key_hash atomically: the fast path reads it under neither).
   std::uint64_t key_hash;
@@ -149,8 +172,19 @@ struct BucketEntry {
   std::uint8_t in_use;
   char budget[kBudgetNameCapacity];
   char instance[kMaxInstanceDisplayBytes];
+  unsigned char
+      padding_to_line[RoundUp(RoundUp(kEntryHotBytes, kCacheLineBytes) + kEntryIdentityBytes,
+                              kCacheLineBytes) -
+                      (RoundUp(kEntryHotBytes, kCacheLineBytes) + kEntryIdentityBytes)];
 };
 
+static_assert(offsetof(BucketEntry, state) + offsetof(BucketState, last_blocked_at_us) <=
+                  kCacheLineBytes,
+              "the spinlock and the hot state fit in the first cache line");
+static_assert(offsetof(BucketEntry, key_hash) % kCacheLineBytes == 0);
+static_assert(offsetof(BucketEntry, padding_to_line) ==
+              offsetof(BucketEntry, key_hash) + kEntryIdentityBytes);
+static_assert(sizeof(BucketEntry) % kCacheLineBytes == 0);
 static_assert(std::is_trivially_copyable_v<TableHeader> && std::is_standard_layout_v<TableHeader>);
 static_assert(std::is_trivially_copyable_v<BucketEntry> && std::is_standard_layout_v<BucketEntry>);
 static_assert(kMaxInstanceDisplayBytes <= UINT16_MAX);
@@ -203,10 +237,6 @@ class SmallArray {
   T* data_;
 };
 
-constexpr std::size_t RoundUp(std::size_t value, std::size_t alignment) {
-  return (value + alignment - 1) / alignment * alignment;
-}
-
 std::uint32_t IndexSizeFor(std::uint32_t capacity) {
   std::uint32_t size = 2;
   while (size < 2ull * capacity) size *= 2;
@@ -228,7 +258,7 @@ Layout ComputeLayout(std::uint32_t capacity) {
   }
   Layout layout;
   layout.index_size = IndexSizeFor(capacity);
-  layout.entries_offset = RoundUp(sizeof(TableHeader), alignof(BucketEntry));
+  layout.entries_offset = RoundUp(sizeof(TableHeader), kCacheLineBytes);
   layout.index_offset =
       RoundUp(layout.entries_offset + sizeof(BucketEntry) * capacity, alignof(std::int32_t));
   layout.total_bytes =

@@ -46,4 +46,18 @@ const std::string* Metadata::Find(std::string_view key) const {
   return nullptr;
 }
 
+void Metadata::AssignFrom(const Metadata& other) {
+  if (this == &other) return;
+  Clear();
+  for (const Item& item : other) Append(item.first, item.second);
+}
+
+bool Metadata::operator==(const Metadata& other) const {
+  if (size_ != other.size_) return false;
+  for (std::size_t i = 0; i < size_; ++i) {
+    if (items_[i] != other.items_[i]) return false;
+  }
+  return true;
+}
+
 }  // namespace tc

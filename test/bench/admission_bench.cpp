@@ -107,11 +107,15 @@ class RwLock final : public tc::TableLock {
   bool exclusive_ = false;
 };
 
-// Heap memory standing in for a shared-memory segment (8-byte aligned).
+// Heap memory standing in for a shared-memory segment (aligned on a cache
+// line, as PostgreSQL's shared memory allocations are).
 struct Segment {
-  explicit Segment(std::size_t bytes) : words(bytes / sizeof(std::uint64_t) + 1) {}
-  tc::MemorySpan span() { return tc::MemorySpan{words.data(), words.size() * 8}; }
-  std::vector<std::uint64_t> words;
+  struct alignas(64) CacheLine {
+    unsigned char bytes[64];
+  };
+  explicit Segment(std::size_t bytes) : lines(bytes / sizeof(CacheLine) + 1) {}
+  tc::MemorySpan span() { return tc::MemorySpan{lines.data(), lines.size() * sizeof(CacheLine)}; }
+  std::vector<CacheLine> lines;
 };
 
 enum class Limits { kConcurrency, kCost };
