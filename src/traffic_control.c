@@ -137,6 +137,8 @@ static int	nesting_level = 0;
 
 /* Set by the assign hooks; the rule set is rebuilt between statements. */
 static bool config_dirty = true;
+/* The loaded rule set has no rule (kept here: asked on every statement). */
+static bool config_empty = true;
 
 typedef struct TcHeld
 {
@@ -383,6 +385,7 @@ maybe_reload_config(void)
 				(errmsg("traffic_control: keeping the previous rules: %s", tc_last_error())));
 		return;
 	}
+	config_empty = tc_config_empty();
 	if (reported_problem_count == 0)
 		return;
 
@@ -1017,7 +1020,7 @@ admission_active(void)
 		return false;
 	if (nesting_level == 0)
 		maybe_reload_config();
-	if (tc_config_empty())
+	if (config_empty)
 		return false;
 	ensure_core_attached();
 	return true;
