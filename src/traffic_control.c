@@ -9,11 +9,15 @@
  *
  * Locking rules
  * -------------
- * - The bucket table (core) is protected by one LWLock of the named tranche
- *   "traffic_control": exclusive to admit, release or reset, shared to read a
- *   snapshot. The core takes and drops it through tc_lock_ops; it never calls
- *   anything that can raise while holding it, and it holds it only for the
- *   table lookups and arithmetic of one decision.
+ * - The core's bucket and pattern tables each have an LWLock of the named
+ *   tranche "traffic_control" (bucket_lock, pattern_lock), which the core
+ *   takes and drops through tc_lock_ops: exclusive to create or evict an
+ *   entry or to reset, shared to read a snapshot or a prediction. Entries
+ *   have spinlocks of their own, and the bucket table's hot path (admitting
+ *   an instance already in the table, every release) takes only those; see
+ *   src/core/bucket_table.cpp. The core never calls anything that can raise
+ *   while holding a lock, and holds one only for the lookups and arithmetic
+ *   of one decision.
  * - TcShared.mutex (a spinlock) protects reported_config_hash and the log
  *   rate limit (log_window, log_window_lines, log_suppressed); nothing but a
  *   compare-and-store or a count happens under it, and it is released before
