@@ -13,6 +13,16 @@
 
 namespace tc {
 
+// splitmix64's finalizer: spreads a hash's bits before it picks an index slot.
+inline std::uint64_t SplitMix64Finalize(std::uint64_t h) {
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebULL;
+  h ^= h >> 31;
+  return h;
+}
+
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();

@@ -284,14 +284,7 @@ TableView ViewOf(MemorySpan memory) {
 
 // --- Key hashing --------------------------------------------------------------
 
-std::uint64_t Finalize(std::uint64_t h) {  // splitmix64 finalizer
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebULL;
-  h ^= h >> 31;
-  return h;
-}
+std::uint64_t Finalize(std::uint64_t h) { return SplitMix64Finalize(h); }
 
 std::uint64_t Rotl(std::uint64_t x, int bits) { return (x << bits) | (x >> (64 - bits)); }
 

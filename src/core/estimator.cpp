@@ -156,14 +156,7 @@ TableView ViewOf(MemorySpan memory) {
                    header->index_size - 1};
 }
 
-std::uint64_t Mix(std::uint64_t h) {  // splitmix64 finalizer
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebULL;
-  h ^= h >> 31;
-  return h;
-}
+std::uint64_t Mix(std::uint64_t h) { return SplitMix64Finalize(h); }
 
 // --- Index (under the table lock) -------------------------------------------------
 

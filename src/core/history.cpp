@@ -39,6 +39,8 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "traffic_control/shm_primitives.hpp"
+
 namespace tc {
 namespace {
 
@@ -100,40 +102,11 @@ std::uint64_t HashName(std::string_view name) {  // FNV-1a, then splitmix64's fi
     h ^= static_cast<unsigned char>(c);
     h *= 0x100000001b3ULL;
   }
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebULL;
-  h ^= h >> 31;
-  return h;
+  return SplitMix64Finalize(h);
 }
-
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-// Spins, then yields (the writer may have been descheduled).
-class Backoff {
- public:
-  void Pause() {
-    if (++spins_ < 100) {
-      CpuRelax();
-    } else {
-      spins_ = 0;
-      sched_yield();
-    }
-  }
-
- private:
-  int spins_ = 0;
-};
 
 std::uint32_t SettledState(const BudgetEntry& entry) {
-  Backoff backoff;
+  SpinBackoff backoff;
   for (;;) {
     const std::uint32_t state = __atomic_load_n(&entry.state, __ATOMIC_ACQUIRE);
     if (state != kWriting) return state;
@@ -219,7 +192,7 @@ void ViolationHistory::Record(std::int32_t slot, Counter counter, std::int64_t w
   if (stamp <= 0) return;  // before 1970: never recorded
   MinuteSlot& target = MinutesOf(
       memory_, static_cast<std::uint32_t>(slot))[static_cast<std::uint64_t>(minute) % kMinutes];
-  Backoff backoff;
+  SpinBackoff backoff;
   for (;;) {
     std::int64_t current = __atomic_load_n(&target.stamp, __ATOMIC_ACQUIRE);
     if (current == stamp) {
