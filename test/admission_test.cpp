@@ -155,6 +155,64 @@ TEST_F(AdmissionTest, RefusesAtTheLimitAndAdmitsAfterRelease) {
   for (const BucketSnapshot& bucket : table_->Snapshot()) EXPECT_EQ(bucket.active, 0);
 }
 
+// The controller keeps each match's instance hash, which belongs to the
+// table it was computed for: after attaching another table, it must find the
+// instance that another backend created there, not make a second one.
+TEST_F(AdmissionTest, AnotherTableIsSharedWithItsOtherUsers) {
+  Configure(R"([{"name":"one","mode":"enforce","max_concurrent":1}])",
+            R"([{"budget":"one","match":{"route":"r"}}])");
+  const auto statement = Statement("SELECT 1 /*route='r'*/");
+  const Decision on_first_table = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(on_first_table.outcome, Decision::Outcome::kAdmitted);
+  controller_.Release(on_first_table.holding);
+
+  std::vector<std::uint64_t> memory(BucketTable::RequiredBytes(64) / 8 + 1, 0);
+  const MemorySpan span{memory.data(), memory.size() * 8};
+  BucketTable::Initialize(span, 64);  // a new random hash seed
+  BucketTable other_table(span, bucket_lock_, clock_);
+  AdmissionController other_backend;
+  other_backend.SetRuleSet(controller_.rule_set());
+  other_backend.AttachTable(&other_table);
+  const Decision first = other_backend.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(first.outcome, Decision::Outcome::kAdmitted);
+
+  controller_.AttachTable(&other_table);
+  EXPECT_EQ(controller_.Admit(statement, AttemptKind::kFinal).outcome, Decision::Outcome::kRefused);
+  EXPECT_EQ(other_table.Snapshot().size(), 1u);
+  other_backend.ReleaseAll();
+  controller_.ReleaseAll();
+  controller_.AttachTable(table_.get());
+}
+
+// Holdings are released in any order, each exactly once.
+TEST_F(AdmissionTest, OpenStatementsAreReleasedInAnyOrder) {
+  Configure(R"([{"name":"b","mode":"enforce","max_concurrent":3}])",
+            R"([{"budget":"b","match":{"route":"r"}}])");
+  const auto statement = Statement("SELECT 1 /*route='r'*/");
+  std::vector<std::int64_t> holdings;
+  for (int i = 0; i < 3; ++i) {
+    const Decision decision = controller_.Admit(statement, AttemptKind::kFinal);
+    ASSERT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+    holdings.push_back(decision.holding);
+  }
+  EXPECT_EQ(controller_.Admit(statement, AttemptKind::kFinal).outcome, Decision::Outcome::kRefused);
+  auto active = [&] { return table_->Snapshot().at(0).active; };
+  controller_.Release(holdings[1]);
+  EXPECT_EQ(active(), 2);
+  EXPECT_EQ(controller_.held_count(), 2u);
+  controller_.Release(holdings[1]);  // again: nothing
+  EXPECT_EQ(active(), 2);
+  controller_.Release(holdings[0]);
+  EXPECT_EQ(active(), 1);
+  const Decision again = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(again.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(active(), 2);
+  controller_.Release(holdings[2]);
+  controller_.Release(again.holding);
+  EXPECT_EQ(active(), 0);
+  EXPECT_EQ(controller_.held_count(), 0u);
+}
+
 TEST_F(AdmissionTest, WarnModeRunsWithANotice) {
   Configure(R"([{"name":"watch","mode":"warn","max_concurrent":0}])",
             R"([{"name":"reports","budget":"watch","match":{"route":"/reports"}}])");

@@ -194,6 +194,31 @@ TEST(RuleSet, OffBudgetNeverMatchesAndIsNoProblem) {
   EXPECT_EQ(Matches(mixed, MakeMetadata({{"app", "web"}})), Strings{"warn:r-warn"});
 }
 
+// The server builds only the metadata keys some rule can use: a key used
+// only by a rule of an "off" budget, or by no rule, is not.
+TEST(RuleSet, KnowsWhichKeysItsRulesUse) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("a"), MakeBudget("off", Mode::kOff)},
+                  {MakeRule("by-role", "a", {{"username", {"app"}}}, std::string("command")),
+                   MakeRule("by-route", "a", {{"route", {"/x"}}}),
+                   MakeRule("not-used", "off", {{"database", {"shop"}}, {"tenant", {"t"}}})});
+  EXPECT_TRUE(rule_set.UsesBuiltinKey(kUsername));
+  EXPECT_TRUE(rule_set.UsesBuiltinKey(kCommand));
+  EXPECT_FALSE(rule_set.UsesBuiltinKey(kDatabase));
+  EXPECT_FALSE(rule_set.UsesBuiltinKey(kApplicationName));
+  EXPECT_FALSE(rule_set.UsesBuiltinKey(kRemoteAddress));
+  EXPECT_FALSE(rule_set.UsesBuiltinKey(kQueryId));
+  EXPECT_TRUE(rule_set.UsesTagKeys());
+  EXPECT_TRUE(rule_set.UsesKey("route"));
+  EXPECT_FALSE(rule_set.UsesKey("tenant"));
+
+  const RuleSet builtins_only =
+      MakeRuleSet({MakeBudget("a")}, {MakeRule("r", "a", {{"query_id", {"42"}}})});
+  EXPECT_TRUE(builtins_only.UsesBuiltinKey(kQueryId));
+  EXPECT_FALSE(builtins_only.UsesTagKeys());
+  EXPECT_FALSE(RuleSet().UsesTagKeys());
+}
+
 TEST(RuleSet, EachGivesOneInstancePerValue) {
   const RuleSet rule_set = MakeRuleSet(
       {MakeBudget("tenant-share")},

@@ -83,7 +83,10 @@ class AdmissionController {
 
   // The shared table; without one nothing is admitted by concurrency (the
   // shim always attaches one).
-  void AttachTable(BucketTable* table) { table_ = table; }
+  void AttachTable(BucketTable* table) {
+    table_ = table;
+    match_hashes_.clear();  // they are the table's
+  }
   // The estimator's pattern table; without one predictions are unknown.
   void AttachPatterns(PatternTable* patterns) { patterns_ = patterns; }
   // The shared per-rule `matched` counters; without them nothing is counted.
@@ -97,6 +100,9 @@ class AdmissionController {
   // the `matched` counter of the rule of every budget that applied, and
   // records the outcome per budget in the violation history.
   Decision Admit(const StatementInfo& statement, AttemptKind attempt);
+  // The same into `decision` (every field set), whose storage is reused from
+  // statement to statement: the server's path.
+  void Admit(const StatementInfo& statement, AttemptKind attempt, Decision* decision);
 
   // What Admit would decide for the statement now, per budget, without
   // taking a slot, charging debt or counting anything (BucketTable::Evaluate).
@@ -135,6 +141,11 @@ class AdmissionController {
   // The NOTICE or ERROR for matches_[index].
   Report ReportFor(std::size_t index, const BudgetVerdict& verdict, bool refusing,
                    std::string_view prefix, const std::optional<double>& predicted) const;
+  // Records what an admission holds (its slots, and whether the estimator
+  // learns from it); returns its token, 0 when it holds nothing. On an
+  // exception nothing is recorded.
+  std::int64_t Hold(const AdmitResult& result, bool learn, std::uint64_t query_id,
+                    double plan_cost);
   // Adds 1 to the counter of the rule of every match.
   void CountMatches();
   // Records a final decision in the violation history, once per budget (not
@@ -167,13 +178,16 @@ class AdmissionController {
   std::vector<std::int32_t> history_slots_;
   std::vector<std::uint8_t> budget_outcomes_;
   struct Held {
+    std::int64_t token = 0;  // Decision::holding
     // Most statements match one or two budgets: no allocation for them.
     absl::InlinedVector<Holding, 2> holdings;
     std::uint64_t query_id = 0;  // 0: none
     double plan_cost = -1;
     bool learn = false;  // record the CPU time in the estimator
   };
-  absl::flat_hash_map<std::int64_t, Held> holdings_;
+  // One per statement that holds something: a handful at most (nested
+  // statements, open cursors), so a vector searched from the newest.
+  std::vector<Held> holdings_;
   std::int64_t next_holding_ = 1;
 
   // Backend-local cache of known predictions, keyed by pattern and plan cost
@@ -217,6 +231,10 @@ class AdmissionController {
   // The metadata matches_ was matched from (valid until the rules change).
   Metadata matched_metadata_;
   bool matched_metadata_valid_ = false;
+  // Follow from matches_ alone: a budget among them has a cost limit; the
+  // table's InstanceHash of each (empty until computed for this table).
+  bool matches_have_cost_limit_ = false;
+  std::vector<std::uint64_t> match_hashes_;
   std::vector<AdmissionRequest> requests_;
   AdmitResult admit_result_;
 };

@@ -37,6 +37,9 @@ struct AdmissionRequest {
   // CPU-seconds per second that make "full server" (> 0; anything else is
   // taken as 1).
   double server_cores = 1;
+  // What InstanceHash(this request) returned on this table, kept by a caller
+  // that sends the same instance again; 0: the table computes it.
+  std::uint64_t key_hash = 0;
 };
 
 // The limits are checked in the order max_concurrent, per_query_limit,
@@ -158,6 +161,9 @@ class BucketTable {
   std::vector<BucketSnapshot> Snapshot();
   void ResetCounters();
   std::uint32_t capacity() const;
+  // The hash that identifies the request's instance (budget name and `each`
+  // value) in this table, for AdmissionRequest::key_hash.
+  std::uint64_t InstanceHash(const AdmissionRequest& request) const;
 
  private:
   friend class BucketTableTestPeer;

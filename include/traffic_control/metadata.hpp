@@ -1,5 +1,6 @@
 // Query metadata: built-in keys filled by the server plus SQLCommenter tags.
 #pragma once
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -14,6 +15,15 @@ namespace tc {
 inline constexpr std::string_view kBuiltinKeys[] = {
     "username", "application_name", "remote_address", "database", "query_id", "command",
 };
+// Indexes into kBuiltinKeys.
+enum BuiltinKey : std::size_t {
+  kUsername,
+  kApplicationName,
+  kRemoteAddress,
+  kDatabase,
+  kQueryId,
+  kCommand,
+};
 bool IsBuiltinKey(std::string_view key);
 
 // A small set of key -> value pairs with unique keys, in insertion order.
@@ -25,6 +35,8 @@ class Metadata {
 
   // Sets a built-in key (replaces a previous value).
   void SetBuiltin(std::string_view key, std::string_view value);
+  // Adds a key the caller knows is not present yet (no lookup).
+  void AppendNew(std::string_view key, std::string_view value) { Append(key, value); }
   // Adds tags: keys that are built-ins or already present are ignored.
   void AddTags(const std::vector<Tag>& tags);
   // nullptr when the key is absent.

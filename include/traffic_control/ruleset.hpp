@@ -61,6 +61,13 @@ class RuleSet {
     }
     return false;
   }
+  // UsesKey for kBuiltinKeys[builtin], and whether any key that is not a
+  // built-in is used (only then are a statement's tags worth parsing): asked
+  // per statement, so answered from flags set when the rules are compiled.
+  bool UsesBuiltinKey(std::size_t builtin) const {
+    return (used_builtin_keys_ >> builtin & 1u) != 0;
+  }
+  bool UsesTagKeys() const { return uses_tag_keys_; }
 
  private:
   // The compiled rules and lookup tables (abseil hash maps), defined in
@@ -72,6 +79,8 @@ class RuleSet {
   std::vector<Rule> rules_;
   std::size_t active_rule_count_ = 0;
   std::vector<std::string> used_keys_;
+  std::uint32_t used_builtin_keys_ = 0;  // bit i: kBuiltinKeys[i]
+  bool uses_tag_keys_ = false;
   std::shared_ptr<const Index> index_;
 };
 

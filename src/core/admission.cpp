@@ -1,6 +1,7 @@
 #include "traffic_control/admission.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -12,30 +13,36 @@ namespace tc {
 void BuildMetadata(const StatementInfo& statement, Metadata* metadata, const RuleSet* only_keys_of,
                    std::vector<Tag>* tags_scratch) {
   metadata->Clear();
-  auto wanted = [only_keys_of](std::string_view key) {
-    return only_keys_of == nullptr || only_keys_of->UsesKey(key);
+  // Flags, not key names, are tested here: this runs for every statement.
+  auto wanted = [only_keys_of](BuiltinKey key) {
+    return only_keys_of == nullptr || only_keys_of->UsesBuiltinKey(key);
   };
-  auto set = [&](std::string_view key, const std::optional<std::string_view>& value) {
-    if (value && wanted(key)) metadata->SetBuiltin(key, *value);
+  // Built-ins first, each once, in a fixed order (explain() shows this order).
+  auto set = [&](BuiltinKey key, const std::optional<std::string_view>& value) {
+    if (value && wanted(key)) metadata->AppendNew(kBuiltinKeys[key], *value);
   };
-  set("username", statement.username);
-  set("application_name", statement.application_name);
-  set("remote_address", statement.remote_address);
-  set("database", statement.database);
-  set("command", statement.command);
-  if (statement.query_id && wanted("query_id")) {
-    metadata->SetBuiltin("query_id", std::to_string(*statement.query_id));
+  set(kUsername, statement.username);
+  set(kApplicationName, statement.application_name);
+  set(kRemoteAddress, statement.remote_address);
+  set(kDatabase, statement.database);
+  set(kCommand, statement.command);
+  if (statement.query_id && wanted(kQueryId)) {
+    char digits[24];
+    const auto written = std::to_chars(digits, digits + sizeof digits, *statement.query_id);
+    metadata->AppendNew(kBuiltinKeys[kQueryId], std::string_view(digits, written.ptr - digits));
   }
+  if (only_keys_of != nullptr && !only_keys_of->UsesTagKeys()) return;
   std::vector<Tag> local_tags;
   std::vector<Tag>& tags = tags_scratch != nullptr ? *tags_scratch : local_tags;
   ParseSqlCommenterTags(statement.text, &tags);
   if (only_keys_of != nullptr && !tags.empty()) {
     // Built-in keys stay in the list: AddTags must still see (and ignore) a
     // tag that tries to set one.
-    tags.erase(
-        std::remove_if(tags.begin(), tags.end(),
-                       [&](const Tag& tag) { return !IsBuiltinKey(tag.key) && !wanted(tag.key); }),
-        tags.end());
+    tags.erase(std::remove_if(tags.begin(), tags.end(),
+                              [&](const Tag& tag) {
+                                return !IsBuiltinKey(tag.key) && !only_keys_of->UsesKey(tag.key);
+                              }),
+               tags.end());
   }
   metadata->AddTags(tags);
 }
@@ -69,24 +76,28 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
   *predicted = std::nullopt;
   *has_cost_limit = false;
   BuildMetadata(statement, &metadata_, &rules_, &tags_);
-  requests_.clear();
   // A backend's statements mostly come with the same metadata (same role,
   // application and database, the same tags or none): the match of the last
-  // statement is kept and reused while the metadata stay the same.
+  // statement, and what follows from it alone, is kept and reused while the
+  // metadata stay the same.
   if (!matched_metadata_valid_ || !(metadata_ == matched_metadata_)) {
+    matched_metadata_valid_ = false;  // until matches_ and the rest agree again
     matches_.clear();
+    match_hashes_.clear();
     rules_.Match(metadata_, &matches_);
+    // Predict only when a cost limit can use the prediction: the estimator's
+    // table is shared memory, and most budgets only cap concurrency.
+    matches_have_cost_limit_ = false;
+    for (const BudgetMatch& match : matches_) {
+      const Budget& budget = rules_.budgets()[match.budget_index];
+      if (budget.per_query_limit || budget.server_share) matches_have_cost_limit_ = true;
+    }
     matched_metadata_.AssignFrom(metadata_);
     matched_metadata_valid_ = true;
   }
   if (matches_.empty()) return false;
+  *has_cost_limit = matches_have_cost_limit_;
 
-  // Predict only when a cost limit can use the prediction: the estimator's
-  // table is shared memory, and most budgets only cap concurrency.
-  for (const BudgetMatch& match : matches_) {
-    const Budget& budget = rules_.budgets()[match.budget_index];
-    if (budget.per_query_limit || budget.server_share) *has_cost_limit = true;
-  }
   const std::uint64_t query_id =
       statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
   if (*has_cost_limit && patterns_ != nullptr && query_id != 0) {
@@ -95,15 +106,25 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
 
   const std::uint32_t weight =
       1 + static_cast<std::uint32_t>(std::max(0, statement.parallel_workers));
-  for (const BudgetMatch& match : matches_) {
-    AdmissionRequest request;
+  const bool hashes_known = match_hashes_.size() == matches_.size();
+  requests_.resize(matches_.size());
+  for (std::size_t i = 0; i < matches_.size(); ++i) {
+    const BudgetMatch& match = matches_[i];
+    AdmissionRequest& request = requests_[i];
     request.budget = &rules_.budgets()[match.budget_index];
     request.has_instance = match.has_instance;
     request.instance = match.instance;
     request.weight = weight;
     request.predicted_seconds = *predicted;
     request.server_cores = statement.server_cores > 0 ? statement.server_cores : 1;
-    requests_.push_back(request);
+    request.key_hash = hashes_known ? match_hashes_[i] : 0;
+  }
+  if (!hashes_known && table_ != nullptr) {
+    // Once per new match (and table): the table's hash of each instance.
+    for (AdmissionRequest& request : requests_) {
+      request.key_hash = table_->InstanceHash(request);
+      match_hashes_.push_back(request.key_hash);
+    }
   }
   return true;
 }
@@ -194,8 +215,29 @@ void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t 
   if (history_ == nullptr) return;
   const std::size_t budget_count = rules_.budgets().size();
   if (history_slots_.size() != budget_count) history_slots_.assign(budget_count, kUnresolved);
-  if (budget_outcomes_.size() != budget_count) budget_outcomes_.assign(budget_count, kOutcomeNone);
   const std::size_t n = std::min(matches_.size(), result.verdicts.size());
+  auto slot_of = [&](std::size_t budget) {
+    std::int32_t& slot = history_slots_[budget];
+    if (slot == kUnresolved) slot = history_->Resolve(rules_.budgets()[budget].name);
+    return slot;
+  };
+  // Most statements: admitted, every budget passing. Each budget once
+  // (matches_ are ordered by budget), into the batch.
+  bool all_passed = result.admitted;
+  for (std::size_t i = 0; i < n && all_passed; ++i) {
+    all_passed = result.verdicts[i].action == BudgetVerdict::Action::kPass;
+  }
+  if (all_passed) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::size_t budget = matches_[i].budget_index;
+      if (i > 0 && matches_[i - 1].budget_index == budget) continue;
+      const std::int32_t slot = slot_of(budget);
+      if (slot != ViolationHistory::kNoSlot) CountAdmittedInHistory(budget, slot, wall_now_us);
+    }
+    return;
+  }
+
+  if (budget_outcomes_.size() != budget_count) budget_outcomes_.assign(budget_count, kOutcomeNone);
   for (std::size_t i = 0; i < n; ++i) {
     std::uint8_t& outcome = budget_outcomes_[matches_[i].budget_index];
     outcome = std::max<std::uint8_t>(outcome, OutcomeOf(result.verdicts[i]));
@@ -207,8 +249,7 @@ void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t 
     budget_outcomes_[budget] = kOutcomeNone;
     const bool refused = outcome >= kOutcomeRefusedMaxConcurrent;
     if (!refused && !result.admitted) continue;  // another budget refused it: it did not run
-    std::int32_t& slot = history_slots_[budget];
-    if (slot == kUnresolved) slot = history_->Resolve(rules_.budgets()[budget].name);
+    const std::int32_t slot = slot_of(budget);
     if (slot == ViolationHistory::kNoSlot) continue;  // the history's budget table is full
     switch (outcome) {
       case kOutcomeRefusedMaxConcurrent:
@@ -274,11 +315,25 @@ void AdmissionController::DropPendingRuleCounts() {
 
 Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind attempt) {
   Decision decision;
-  if (rules_.empty() || table_ == nullptr) return decision;
+  Admit(statement, attempt, &decision);
+  return decision;
+}
+
+void AdmissionController::Admit(const StatementInfo& statement, AttemptKind attempt,
+                                Decision* decision_out) {
+  Decision& decision = *decision_out;
+  decision.outcome = Decision::Outcome::kAdmitted;
+  decision.queue_timeout_ms = 0;
+  decision.notices.clear();
+  if (!decision.refusal.message.empty()) decision.refusal = Report{};
+  decision.holding = 0;
+  decision.measure_cpu = false;
+  decision.predicted_seconds.reset();
+  if (rules_.empty() || table_ == nullptr) return;
 
   std::optional<double> predicted;
   bool has_cost_limit = false;
-  if (!Prepare(statement, &predicted, &has_cost_limit)) return decision;
+  if (!Prepare(statement, &predicted, &has_cost_limit)) return;
   decision.predicted_seconds = predicted;
   const std::uint64_t query_id =
       statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
@@ -288,45 +343,67 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
   if (!result.admitted && result.may_wait && attempt != AttemptKind::kFinal) {
     decision.outcome = Decision::Outcome::kMustWait;
     decision.queue_timeout_ms = result.queue_timeout_ms;
-    return decision;
+    return;
   }
-  // Final: admitted or refused, so the statement counts as matched once.
-  CountMatches();
-  RecordHistory(result, statement.wall_now_us);
-
-  for (std::size_t i = 0; i < matches_.size(); ++i) {
-    const BudgetVerdict& verdict = result.verdicts[i];
-    if (verdict.action == BudgetVerdict::Action::kPass) continue;
-    const bool refusing = verdict.action == BudgetVerdict::Action::kRefuse;
-    Report report = ReportFor(i, verdict, refusing, statement.message_prefix, predicted);
-    if (refusing) {
-      // The first refusing budget (in budget order) is the error; the others
-      // are not reported, as the statement is refused anyway.
-      if (decision.outcome != Decision::Outcome::kRefused) {
+  if (result.admitted) {
+    decision.measure_cpu = has_cost_limit;
+    const bool learn = has_cost_limit && patterns_ != nullptr && query_id != 0;
+    try {
+      decision.holding = Hold(result, learn, query_id, statement.plan_cost);
+    } catch (...) {
+      // Not recorded, so nothing could ever give the slots back: now.
+      for (const Holding& holding : result.holdings) {
+        if (holding.slot != Holding::kUntrackedSlot) table_->Release(holding);
+      }
+      throw;
+    }
+  }
+  try {
+    // Final: admitted or refused, so the statement counts as matched once.
+    CountMatches();
+    RecordHistory(result, statement.wall_now_us);
+    for (std::size_t i = 0; i < matches_.size(); ++i) {
+      const BudgetVerdict& verdict = result.verdicts[i];
+      if (verdict.action == BudgetVerdict::Action::kPass) continue;
+      const bool refusing = verdict.action == BudgetVerdict::Action::kRefuse;
+      Report report = ReportFor(i, verdict, refusing, statement.message_prefix, predicted);
+      if (!refusing) {
+        decision.notices.push_back(std::move(report));
+      } else if (decision.outcome != Decision::Outcome::kRefused) {
+        // The first refusing budget (in budget order) is the error; the others
+        // are not reported, as the statement is refused anyway.
         decision.outcome = Decision::Outcome::kRefused;
         decision.refusal = std::move(report);
       }
-    } else {
-      decision.notices.push_back(std::move(report));
     }
+  } catch (...) {
+    // The caller never learns the holding of a decision that failed.
+    if (decision.holding != 0) Release(decision.holding);
+    decision.holding = 0;
+    throw;
   }
+  if (result.admitted) decision.outcome = Decision::Outcome::kAdmitted;
+}
 
-  if (result.admitted) {
-    decision.outcome = Decision::Outcome::kAdmitted;
-    Held held;
+std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,
+                                       std::uint64_t query_id, double plan_cost) {
+  bool holds = learn;
+  for (const Holding& holding : result.holdings) holds |= holding.slot != Holding::kUntrackedSlot;
+  if (!holds) return 0;
+  Held& held = holdings_.emplace_back();
+  try {
     for (const Holding& holding : result.holdings) {
       if (holding.slot != Holding::kUntrackedSlot) held.holdings.push_back(holding);
     }
-    held.query_id = query_id;
-    held.plan_cost = statement.plan_cost;
-    held.learn = has_cost_limit && patterns_ != nullptr && query_id != 0;
-    decision.measure_cpu = has_cost_limit;
-    if (!held.holdings.empty() || held.learn) {
-      decision.holding = next_holding_++;
-      holdings_.emplace(decision.holding, std::move(held));
-    }
+  } catch (...) {
+    holdings_.pop_back();
+    throw;
   }
-  return decision;
+  held.query_id = query_id;
+  held.plan_cost = plan_cost;
+  held.learn = learn;
+  held.token = next_holding_++;
+  return held.token;
 }
 
 std::optional<double> AdmissionController::CachedPredict(std::uint64_t query_id, double plan_cost,
@@ -383,12 +460,14 @@ Explanation AdmissionController::Explain(const StatementInfo& statement) {
 
 bool AdmissionController::Release(std::int64_t holding, std::optional<double> cpu_seconds,
                                   bool completed) {
-  auto it = holdings_.find(holding);
-  if (it == holdings_.end()) return false;
-  // Erase before releasing so that even an exception cannot make a second
+  std::size_t index = holdings_.size();
+  while (index > 0 && holdings_[index - 1].token != holding) --index;
+  if (index == 0) return false;
+  // Forget it before releasing so that even an exception cannot make a second
   // release of the same holding possible.
-  Held held = std::move(it->second);
-  holdings_.erase(it);
+  Held held = std::move(holdings_[index - 1]);
+  if (index != holdings_.size()) holdings_[index - 1] = std::move(holdings_.back());
+  holdings_.pop_back();
   bool wake = false;
   if (table_ != nullptr) {
     for (const Holding& h : held.holdings) wake |= table_->Release(h, cpu_seconds);
@@ -401,7 +480,7 @@ bool AdmissionController::Release(std::int64_t holding, std::optional<double> cp
 
 bool AdmissionController::ReleaseAll() {
   bool wake = false;
-  while (!holdings_.empty()) wake |= Release(holdings_.begin()->first);
+  while (!holdings_.empty()) wake |= Release(holdings_.back().token);
   return wake;
 }
 

@@ -778,6 +778,11 @@ bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending*
 // receives them. Returns how many were locked.
 std::size_t LockEntries(const TableView& table, const std::int32_t* slots, std::size_t count,
                         std::int32_t* order) {
+  if (count == 1 && slots[0] != kNoSlot) {  // most statements: one budget
+    order[0] = slots[0];
+    SpinLock(&table.entries[order[0]].spin);
+    return 1;
+  }
   std::size_t locked = 0;
   for (std::size_t i = 0; i < count; ++i) {
     if (slots[i] != kNoSlot && !Contains(order, locked, slots[i])) order[locked++] = slots[i];
@@ -929,6 +934,11 @@ BucketTable::BucketTable(MemorySpan memory, TableLock& lock, Clock& clock)
   }
 }
 
+std::uint64_t BucketTable::InstanceHash(const AdmissionRequest& request) const {
+  const auto* header = static_cast<const TableHeader*>(memory_.data);
+  return KeyHash(header->hash_seed, request.budget->name, request.has_instance, request.instance);
+}
+
 std::uint32_t BucketTable::capacity() const {
   return static_cast<const TableHeader*>(memory_.data)->capacity;
 }
@@ -968,8 +978,7 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
   SmallArray<BucketState*, 4> states(count, nullptr);
   for (std::size_t i = 0; i < count; ++i) {
     const AdmissionRequest& request = requests[i];
-    pending[i].hash = KeyHash(table.header->hash_seed, request.budget->name, request.has_instance,
-                              request.instance);
+    pending[i].hash = request.key_hash != 0 ? request.key_hash : InstanceHash(request);
     pending[i].predicted = UsablePrediction(request.predicted_seconds);
     pending[i].cores = UsableCores(request.server_cores);
   }
@@ -1022,8 +1031,7 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
   std::vector<BucketState*> states(count, nullptr);
   for (std::size_t i = 0; i < count; ++i) {
     const AdmissionRequest& request = requests[i];
-    pending[i].hash = KeyHash(table.header->hash_seed, request.budget->name, request.has_instance,
-                              request.instance);
+    pending[i].hash = request.key_hash != 0 ? request.key_hash : InstanceHash(request);
     pending[i].predicted = UsablePrediction(request.predicted_seconds);
     pending[i].cores = UsableCores(request.server_cores);
   }

@@ -274,7 +274,7 @@ bool tc_admit(const tc_statement* statement, tc_attempt attempt, tc_admission* o
     const tc::AttemptKind kind = attempt == TC_ATTEMPT_FIRST   ? tc::AttemptKind::kWillWait
                                  : attempt == TC_ATTEMPT_RETRY ? tc::AttemptKind::kRetry
                                                                : tc::AttemptKind::kFinal;
-    state.decision = state.controller.Admit(info, kind);
+    state.controller.Admit(info, kind, &state.decision);
     const tc::Decision& decision = state.decision;
     state.notices.clear();
     for (const tc::Report& notice : decision.notices) state.notices.push_back(ToC(notice));

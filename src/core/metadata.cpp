@@ -16,8 +16,10 @@ bool IsBuiltinKey(std::string_view key) {
 void Metadata::Append(std::string_view key, std::string_view value) {
   if (size_ == items_.size()) items_.emplace_back();
   Item& item = items_[size_++];
-  item.first.assign(key);
-  item.second.assign(value);
+  // A backend's statements mostly repeat the last one's items: comparing
+  // costs less than assigning.
+  if (item.first != key) item.first.assign(key);
+  if (item.second != value) item.second.assign(value);
 }
 
 void Metadata::SetBuiltin(std::string_view key, std::string_view value) {

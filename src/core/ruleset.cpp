@@ -4,6 +4,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -259,7 +260,14 @@ RuleSet::RuleSet(std::vector<Budget> budgets, std::vector<Rule> rules,
     if (!compiled.active) continue;
     ++active_rule_count_;
     auto note_key = [this](const std::string& key) {
-      if (!UsesKey(key)) used_keys_.push_back(key);
+      if (UsesKey(key)) return;
+      used_keys_.push_back(key);
+      const auto* builtin = std::find(std::begin(kBuiltinKeys), std::end(kBuiltinKeys), key);
+      if (builtin == std::end(kBuiltinKeys)) {
+        uses_tag_keys_ = true;
+      } else {
+        used_builtin_keys_ |= 1u << (builtin - std::begin(kBuiltinKeys));
+      }
     };
     for (const Condition& condition : rule.match) note_key(condition.key);
     if (rule.each) note_key(*rule.each);
