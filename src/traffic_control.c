@@ -912,6 +912,61 @@ effective_server_cores(void)
 }
 
 /*
+ * Waits for a slot after a first attempt said TC_MUST_WAIT: retries whenever
+ * a slot is freed, until the budget's queue timeout, then makes the final
+ * attempt. *admission receives the last attempt's outcome. Only statements
+ * that must wait pay for the error handling this needs.
+ */
+static void
+wait_for_admission(tc_statement *statement, tc_admission *admission)
+{
+	TimestampTz deadline;
+
+	/* Prepare before re-checking, so no wakeup can be missed. */
+	ConditionVariablePrepareToSleep(&tc_shared->slot_freed);
+	PG_TRY();
+	{
+		TC_CALL(tc_waiter_add());
+		waiter_registered = true;
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   admission->queue_timeout_ms);
+		for (;;)
+		{
+			tc_attempt	attempt = GetCurrentTimestamp() < deadline ?
+				TC_ATTEMPT_RETRY : TC_ATTEMPT_FINAL;
+
+			statement->wall_now_us = unix_now_us();
+			TC_CALL(tc_admit(statement, attempt, admission));
+			if (admission->outcome != TC_MUST_WAIT)
+				break;
+			{
+				long		remaining_ms =
+					TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+				if (remaining_ms > 0)
+					ConditionVariableTimedSleep(&tc_shared->slot_freed, remaining_ms,
+												PG_WAIT_EXTENSION);
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		ConditionVariableCancelSleep();
+		if (waiter_registered)
+		{
+			waiter_registered = false;
+			TC_CALL_QUIET(tc_waiter_remove());
+		}
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	ConditionVariableCancelSleep();
+	waiter_registered = false;
+	TC_CALL(tc_waiter_remove());
+}
+
+/*
  * Decides one statement. Returns the holding token (0 when nothing is held)
  * and sets *cpu_start when the statement's CPU time must be measured, or
  * raises the refusal. Waits for a slot when a budget has a queue timeout.
@@ -922,8 +977,6 @@ admit_statement(const char *source, int location, int length, const char *comman
 {
 	tc_statement statement;
 	tc_admission admission;
-	volatile TimestampTz deadline = 0;
-	volatile bool waiting = false;
 	bool		refusal_log_suppressed;
 
 	memset(&statement, 0, sizeof(statement));
@@ -946,56 +999,10 @@ admit_statement(const char *source, int location, int length, const char *comman
 
 	reserve_held_record();
 
-	PG_TRY();
-	{
-		for (;;)
-		{
-			tc_attempt	attempt = !waiting ? TC_ATTEMPT_FIRST :
-				GetCurrentTimestamp() < deadline ? TC_ATTEMPT_RETRY : TC_ATTEMPT_FINAL;
-
-			statement.wall_now_us = unix_now_us();
-			TC_CALL(tc_admit(&statement, attempt, &admission));
-			if (admission.outcome != TC_MUST_WAIT)
-				break;
-			if (!waiting)
-			{
-				/* Prepare before re-checking, so no wakeup can be missed. */
-				ConditionVariablePrepareToSleep(&tc_shared->slot_freed);
-				TC_CALL(tc_waiter_add());
-				waiter_registered = true;
-				waiting = true;
-				deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   admission.queue_timeout_ms);
-				continue;
-			}
-			{
-				long		remaining_ms =
-					TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-
-				if (remaining_ms > 0)
-					ConditionVariableTimedSleep(&tc_shared->slot_freed, remaining_ms,
-												PG_WAIT_EXTENSION);
-			}
-		}
-	}
-	PG_CATCH();
-	{
-		if (waiting)
-		{
-			ConditionVariableCancelSleep();
-			waiter_registered = false;
-			TC_CALL_QUIET(tc_waiter_remove());
-		}
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-
-	if (waiting)
-	{
-		ConditionVariableCancelSleep();
-		waiter_registered = false;
-		TC_CALL(tc_waiter_remove());
-	}
+	statement.wall_now_us = unix_now_us();
+	TC_CALL(tc_admit(&statement, TC_ATTEMPT_FIRST, &admission));
+	if (admission.outcome == TC_MUST_WAIT)
+		wait_for_admission(&statement, &admission);
 
 	refusal_log_suppressed = log_admission(&admission);
 	send_notices(&admission);

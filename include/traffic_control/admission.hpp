@@ -75,6 +75,11 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata,
 
 class AdmissionController {
  public:
+  AdmissionController() = default;
+  // One per backend; it keeps pointers into its own containers.
+  AdmissionController(const AdmissionController&) = delete;
+  AdmissionController& operator=(const AdmissionController&) = delete;
+
   // `problems`: what the RuleSet constructor reported (kept for rule_status).
   void SetRuleSet(RuleSet rules, std::vector<RuleProblem> problems = {});
   const RuleSet& rule_set() const { return rules_; }
@@ -224,6 +229,10 @@ class AdmissionController {
     }
   };
   absl::flat_hash_map<PredictionKey, CachedPrediction> predictions_;
+  // The entry CachedPredict used last (into predictions_; nullptr after any
+  // change of the map) and its key.
+  CachedPrediction* recent_prediction_ = nullptr;
+  PredictionKey recent_prediction_key_{0, 0};
   // Per-statement scratch, reused to keep the hot path allocation-light.
   Metadata metadata_;
   std::vector<Tag> tags_;

@@ -409,23 +409,33 @@ std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,
 std::optional<double> AdmissionController::CachedPredict(std::uint64_t query_id, double plan_cost,
                                                          std::int64_t now) {
   const PredictionKey key{query_id, plan_cost};
-  auto it = predictions_.find(key);
-  if (it != predictions_.end() && it->second.seconds < kCachedPredictionMaxSeconds &&
-      it->second.uses < kPredictionReuses && now - it->second.fetched_us < kPredictionMaxAgeUs &&
-      now >= it->second.fetched_us) {
-    ++it->second.uses;
-    return it->second.seconds;
+  // The last entry used is asked first: a backend mostly repeats a statement.
+  CachedPrediction* entry = recent_prediction_;
+  if (entry == nullptr || !(recent_prediction_key_ == key)) {
+    const auto it = predictions_.find(key);
+    entry = it != predictions_.end() ? &it->second : nullptr;
   }
+  if (entry != nullptr && entry->seconds < kCachedPredictionMaxSeconds &&
+      entry->uses < kPredictionReuses && now - entry->fetched_us < kPredictionMaxAgeUs &&
+      now >= entry->fetched_us) {
+    ++entry->uses;
+    recent_prediction_ = entry;
+    recent_prediction_key_ = key;
+    return entry->seconds;
+  }
+  recent_prediction_ = nullptr;  // the map may change below, moving its entries
   const std::optional<double> predicted = patterns_->Predict(query_id, plan_cost);
   if (!predicted) {
-    if (it != predictions_.end()) predictions_.erase(it);
+    if (entry != nullptr) predictions_.erase(key);
     return predicted;
   }
-  if (it == predictions_.end()) {
+  if (entry == nullptr) {
     if (predictions_.size() >= kPredictionCacheSize) predictions_.clear();
-    it = predictions_.emplace(key, CachedPrediction{}).first;
+    entry = &predictions_[key];
   }
-  it->second = CachedPrediction{*predicted, now, 1};
+  *entry = CachedPrediction{*predicted, now, 1};
+  recent_prediction_ = entry;
+  recent_prediction_key_ = key;
   return predicted;
 }
 

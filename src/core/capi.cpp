@@ -146,16 +146,23 @@ std::optional<std::string_view> Optional(const char* text) {
   return std::string_view(text);
 }
 
-// The statement as the core sees it; the pointers stay the caller's.
-tc::StatementInfo ToInfo(const tc_statement& statement) {
+// The statement as the core sees it; the pointers stay the caller's. With
+// `only_keys_of`, the built-ins none of its rules use are left out: they
+// cannot change a match, and each costs a strlen on every statement.
+tc::StatementInfo ToInfo(const tc_statement& statement, const tc::RuleSet* only_keys_of = nullptr) {
+  auto value = [only_keys_of](tc::BuiltinKey key,
+                              const char* text) -> std::optional<std::string_view> {
+    if (only_keys_of != nullptr && !only_keys_of->UsesBuiltinKey(key)) return std::nullopt;
+    return Optional(text);
+  };
   tc::StatementInfo info;
   info.text = std::string_view(statement.text ? statement.text : "",
                                statement.text ? statement.text_len : 0);
-  info.username = Optional(statement.username);
-  info.application_name = Optional(statement.application_name);
-  info.remote_address = Optional(statement.remote_address);
-  info.database = Optional(statement.database);
-  info.command = Optional(statement.command);
+  info.username = value(tc::kUsername, statement.username);
+  info.application_name = value(tc::kApplicationName, statement.application_name);
+  info.remote_address = value(tc::kRemoteAddress, statement.remote_address);
+  info.database = value(tc::kDatabase, statement.database);
+  info.command = value(tc::kCommand, statement.command);
   if (statement.has_query_id) info.query_id = statement.query_id;
   info.parallel_workers = statement.parallel_workers;
   info.plan_cost = statement.plan_cost;
@@ -319,7 +326,7 @@ bool tc_attach(void* memory, size_t size, int max_buckets, int max_patterns,
 bool tc_admit(const tc_statement* statement, tc_attempt attempt, tc_admission* out) {
   return Guarded([&] {
     BackendState& state = State();
-    const tc::StatementInfo info = ToInfo(*statement);
+    const tc::StatementInfo info = ToInfo(*statement, &state.controller.rule_set());
     const tc::AttemptKind kind = attempt == TC_ATTEMPT_FIRST   ? tc::AttemptKind::kWillWait
                                  : attempt == TC_ATTEMPT_RETRY ? tc::AttemptKind::kRetry
                                                                : tc::AttemptKind::kFinal;

@@ -31,19 +31,8 @@ stop_all() {
 }
 trap stop_all EXIT
 
-# 1,000 rules: 999 on tags the benchmark never sends, one on application_name
-# "pgbench" (pgbench's own), each with its own budget.
-python3 - "$WORK" <<'PY'
-import json, sys
-work = sys.argv[1]
-budgets = [{"name": f"b{i}", "mode": "enforce", "max_concurrent": 1000000,
-            "server_share": 100, "burst_limit": 1000} for i in range(1000)]
-rules = [{"name": f"r{i}", "budget": f"b{i}", "match": {"route": f"/route/{i}"}} for i in range(999)]
-rules.append({"name": "r999", "budget": "b999", "match": {"application_name": "pgbench"}})
-with open(f"{work}/rules.conf", "w") as f:
-    f.write("traffic_control.budgets = '%s'\n" % json.dumps(budgets, separators=(",", ":")))
-    f.write("traffic_control.rules = '%s'\n" % json.dumps(rules, separators=(",", ":")))
-PY
+# Arm C's 1,000 budgets and rules (the same as callgrind_statement.sh).
+python3 "$TC_ROOT/test/bench/thousand_rules.py" >"$WORK/rules.conf"
 
 # One cluster with the pgbench data, copied twice, so the arms differ only
 # in their configuration.
