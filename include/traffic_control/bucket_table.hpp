@@ -51,7 +51,7 @@ struct AdmissionRequest {
 // server_share (limit_value = burst_limit x cores, the bucket's capacity, or 0
 // when server_share is 0; level = debt drained to now + the prediction).
 struct BudgetVerdict {
-  enum class Action { kPass, kWarn, kRefuse };
+  enum class Action { kPass, kWarn, kRefuse };  // in this order: a stronger action compares greater
   Action action = Action::kPass;
   Limit limit = Limit::kNone;  // the limit that warned or refused
   double limit_value = 0;      // e.g. max_concurrent

@@ -686,25 +686,25 @@ BudgetVerdict CheckServerShare(const Budget& budget, double debt,
 // warning, else a pass describing the first limit that could be checked.
 BudgetVerdict Decide(const Budget& budget, const Standing& standing, std::uint32_t weight,
                      const std::optional<double>& predicted, double cores) {
-  BudgetVerdict verdicts[3];
-  int count = 0;
-  if (budget.mode == Mode::kOff) return BudgetVerdict{};
+  BudgetVerdict chosen;
+  if (budget.mode == Mode::kOff) return chosen;
+  // Action's order is pass < warn < refuse: a later limit replaces the one
+  // chosen only with a stronger action.
+  bool checked = false;
+  auto consider = [&](const BudgetVerdict& verdict) {
+    if (!checked || verdict.action > chosen.action) chosen = verdict;
+    checked = true;
+  };
   if (budget.max_concurrent.has_value()) {
-    verdicts[count++] = CheckConcurrency(budget, standing.active, weight);
+    consider(CheckConcurrency(budget, standing.active, weight));
   }
   if (budget.per_query_limit.has_value() && predicted.has_value()) {
-    verdicts[count++] = CheckPerQuery(budget, *predicted, cores);
+    consider(CheckPerQuery(budget, *predicted, cores));
   }
   if (budget.server_share.has_value()) {
-    verdicts[count++] = CheckServerShare(budget, standing.debt, predicted, cores);
+    consider(CheckServerShare(budget, standing.debt, predicted, cores));
   }
-  for (int i = 0; i < count; ++i) {
-    if (verdicts[i].action == BudgetVerdict::Action::kRefuse) return verdicts[i];
-  }
-  for (int i = 0; i < count; ++i) {
-    if (verdicts[i].action == BudgetVerdict::Action::kWarn) return verdicts[i];
-  }
-  return count > 0 ? verdicts[0] : BudgetVerdict{};
+  return chosen;
 }
 
 // Waiting helps only a concurrency refusal that a release can cure: the
@@ -970,7 +970,7 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
 
   // Everything that allocates or takes time happens before locking.
   const TableView table = ViewOf(memory_);
-  result.verdicts.assign(count, BudgetVerdict{});
+  result.verdicts.resize(count);  // every one is written by JudgeRequests
   result.holdings.reserve(count);
   SmallArray<Pending, 4> pending(count, Pending{});
   SmallArray<std::int32_t, 4> slots(count, kNoSlot);
