@@ -8,6 +8,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <string_view>
 
 #include "traffic_control/core_header_guard.hpp"
 
@@ -20,6 +22,30 @@ inline std::uint64_t SplitMix64Finalize(std::uint64_t h) {
   h ^= h >> 27;
   h *= 0x94d049bb133111ebULL;
   h ^= h >> 31;
+  return h;
+}
+
+inline std::uint64_t Rotl64(std::uint64_t x, int bits) { return (x << bits) | (x >> (64 - bits)); }
+
+// A seeded hash of `bytes`, folded into `h` (finalize with SplitMix64Finalize).
+// Word at a time, so a long value costs little; the length is mixed in so
+// ("ab", "c") and ("a", "bc") differ. Two tables that need independent hashes
+// of the same bytes pass different multipliers.
+inline std::uint64_t HashBytes(std::uint64_t h, std::string_view bytes,
+                               std::uint64_t mul1 = 0x87c37b91114253d5ULL,
+                               std::uint64_t mul2 = 0x4cf5ad432745937fULL) {
+  const char* data = bytes.data();
+  std::size_t remaining = bytes.size();
+  h ^= SplitMix64Finalize(remaining + 0x9e3779b97f4a7c15ULL);
+  while (remaining > 0) {
+    std::uint64_t word = 0;
+    const std::size_t take = remaining < sizeof word ? remaining : sizeof word;
+    std::memcpy(&word, data, take);
+    data += take;
+    remaining -= take;
+    h ^= Rotl64(word * mul1, 31) * mul2;
+    h = Rotl64(h, 27) * 5 + 0x52dce729;
+  }
   return h;
 }
 

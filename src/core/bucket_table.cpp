@@ -284,35 +284,11 @@ TableView ViewOf(MemorySpan memory) {
 
 // --- Key hashing --------------------------------------------------------------
 
-std::uint64_t Finalize(std::uint64_t h) { return SplitMix64Finalize(h); }
-
-std::uint64_t Rotl(std::uint64_t x, int bits) { return (x << bits) | (x >> (64 - bits)); }
-
-// Word-at-a-time so a 2,000-byte `each` value costs little; the length is mixed
-// in so ("ab", "c") and ("a", "bc") differ.
-std::uint64_t HashBytes(std::uint64_t h, std::string_view bytes) {
-  constexpr std::uint64_t kMul1 = 0x87c37b91114253d5ULL;
-  constexpr std::uint64_t kMul2 = 0x4cf5ad432745937fULL;
-  const char* data = bytes.data();
-  std::size_t remaining = bytes.size();
-  h ^= Finalize(remaining + 0x9e3779b97f4a7c15ULL);
-  while (remaining > 0) {
-    std::uint64_t word = 0;
-    const std::size_t take = std::min<std::size_t>(remaining, sizeof word);
-    std::memcpy(&word, data, take);
-    data += take;
-    remaining -= take;
-    h ^= Rotl(word * kMul1, 31) * kMul2;
-    h = Rotl(h, 27) * 5 + 0x52dce729;
-  }
-  return h;
-}
-
 std::uint64_t KeyHash(std::uint64_t seed, std::string_view budget, bool has_instance,
                       std::string_view instance) {
   std::uint64_t h = HashBytes(seed, budget);
   h = HashBytes(h ^ (has_instance ? 0x1234567ULL : 0x7654321ULL), has_instance ? instance : "");
-  return Finalize(h);
+  return SplitMix64Finalize(h);
 }
 
 // --- Entries and index (called under the table lock) ---------------------------

@@ -78,44 +78,13 @@ struct Key {
   std::uint64_t high;
 };
 
-std::uint64_t Finalize(std::uint64_t h) {  // splitmix64 finalizer
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebULL;
-  h ^= h >> 31;
-  return h;
-}
-
-std::uint64_t Rotl(std::uint64_t x, int bits) { return (x << bits) | (x >> (64 - bits)); }
-
-// Word at a time; the length is mixed in so ("ab", "c") and ("a", "bc") differ.
-std::uint64_t HashBytes(std::uint64_t h, std::uint64_t mul1, std::uint64_t mul2,
-                        std::string_view bytes) {
-  const char* data = bytes.data();
-  std::size_t remaining = bytes.size();
-  h ^= Finalize(remaining + 0x9e3779b97f4a7c15ULL);
-  while (remaining > 0) {
-    std::uint64_t word = 0;
-    const std::size_t take = remaining < sizeof word ? remaining : sizeof word;
-    std::memcpy(&word, data, take);
-    data += take;
-    remaining -= take;
-    h ^= Rotl(word * mul1, 31) * mul2;
-    h = Rotl(h, 27) * 5 + 0x52dce729;
-  }
-  return h;
-}
-
 // Two independently seeded and multiplied 64-bit hashes of the pair.
 Key KeyOf(std::string_view rule, std::string_view budget) {
-  constexpr std::uint64_t kMulA1 = 0x87c37b91114253d5ULL, kMulA2 = 0x4cf5ad432745937fULL;
   constexpr std::uint64_t kMulB1 = 0xc2b2ae3d27d4eb4fULL, kMulB2 = 0x165667b19e3779f9ULL;
-  std::uint64_t low = HashBytes(0x243f6a8885a308d3ULL, kMulA1, kMulA2, rule);
-  low = HashBytes(low, kMulA1, kMulA2, budget);
-  std::uint64_t high = HashBytes(0x13198a2e03707344ULL, kMulB1, kMulB2, rule);
-  high = HashBytes(high, kMulB1, kMulB2, budget);
-  return Key{Finalize(low), Finalize(high)};
+  const std::uint64_t low = HashBytes(HashBytes(0x243f6a8885a308d3ULL, rule), budget);
+  std::uint64_t high = HashBytes(0x13198a2e03707344ULL, rule, kMulB1, kMulB2);
+  high = HashBytes(high, budget, kMulB1, kMulB2);
+  return Key{SplitMix64Finalize(low), SplitMix64Finalize(high)};
 }
 
 constexpr std::size_t RoundUp(std::size_t value, std::size_t alignment) {
