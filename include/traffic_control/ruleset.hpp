@@ -64,7 +64,7 @@ class RuleSet {
   // UsesKey for kBuiltinKeys[builtin], and whether any key that is not a
   // built-in is used (only then are a statement's tags worth parsing): asked
   // per statement, so answered from flags set when the rules are compiled.
-  bool UsesBuiltinKey(std::size_t builtin) const {
+  bool UsesBuiltinKey(BuiltinKey builtin) const {
     return (used_builtin_keys_ >> builtin & 1u) != 0;
   }
   bool UsesTagKeys() const { return uses_tag_keys_; }

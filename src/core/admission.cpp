@@ -382,7 +382,6 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
     decision.holding = 0;
     throw;
   }
-  if (result.admitted) decision.outcome = Decision::Outcome::kAdmitted;
 }
 
 std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,
@@ -390,15 +389,12 @@ std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,
   bool holds = learn;
   for (const Holding& holding : result.holdings) holds |= holding.slot != Holding::kUntrackedSlot;
   if (!holds) return 0;
-  Held& held = holdings_.emplace_back();
-  try {
-    for (const Holding& holding : result.holdings) {
-      if (holding.slot != Holding::kUntrackedSlot) held.holdings.push_back(holding);
-    }
-  } catch (...) {
-    holdings_.pop_back();
-    throw;
+  absl::InlinedVector<Holding, 2> slots;  // built first: a failure records nothing
+  for (const Holding& holding : result.holdings) {
+    if (holding.slot != Holding::kUntrackedSlot) slots.push_back(holding);
   }
+  Held& held = holdings_.emplace_back();
+  held.holdings = std::move(slots);
   held.query_id = query_id;
   held.plan_cost = plan_cost;
   held.learn = learn;
