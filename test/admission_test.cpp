@@ -184,6 +184,48 @@ TEST_F(AdmissionTest, AnotherTableIsSharedWithItsOtherUsers) {
   controller_.AttachTable(table_.get());
 }
 
+// The controller sends where its match was held last time as a hint: when
+// another backend has meanwhile evicted that instance and reused the entry
+// for its own budget, the statement must still count in its own budget.
+TEST_F(AdmissionTest, AHintToAReusedEntryCountsInTheRightBudget) {
+  Configure(R"([{"name":"mine","mode":"enforce","max_concurrent":5},
+                {"name":"theirs","mode":"enforce","max_concurrent":5}])",
+            R"([{"budget":"mine","match":{"route":"mine"}},
+                {"budget":"theirs","match":{"route":"theirs"}}])");
+  std::vector<std::uint64_t> memory(BucketTable::RequiredBytes(1) / 8 + 1, 0);
+  const MemorySpan span{memory.data(), memory.size() * 8};
+  BucketTable::Initialize(span, 1);  // one entry: each budget evicts the other
+  BucketTable tiny(span, bucket_lock_, clock_);
+  AdmissionController other_backend;
+  other_backend.SetRuleSet(controller_.rule_set());
+  other_backend.AttachTable(&tiny);
+  controller_.AttachTable(&tiny);
+  const auto mine = Statement("SELECT 1 /*route='mine'*/");
+  auto active = [&](std::string_view budget) -> std::int64_t {
+    for (const BucketSnapshot& snapshot : tiny.Snapshot()) {
+      if (snapshot.budget == budget) return snapshot.active;
+    }
+    return -1;
+  };
+
+  const Decision first = controller_.Admit(mine, AttemptKind::kFinal);  // learns the entry
+  ASSERT_EQ(first.outcome, Decision::Outcome::kAdmitted);
+  controller_.Release(first.holding);
+  const Decision theirs =
+      other_backend.Admit(Statement("SELECT 1 /*route='theirs'*/"), AttemptKind::kFinal);
+  ASSERT_EQ(theirs.outcome, Decision::Outcome::kAdmitted);
+  other_backend.Release(theirs.holding);
+  ASSERT_EQ(active("mine"), -1);  // evicted: the entry is "theirs" now
+
+  const Decision again = controller_.Admit(mine, AttemptKind::kFinal);
+  ASSERT_EQ(again.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(active("mine"), 1);
+  EXPECT_EQ(active("theirs"), -1);
+  controller_.Release(again.holding);
+  EXPECT_EQ(active("mine"), 0);
+  controller_.AttachTable(table_.get());
+}
+
 // Holdings are released in any order, each exactly once.
 TEST_F(AdmissionTest, OpenStatementsAreReleasedInAnyOrder) {
   Configure(R"([{"name":"b","mode":"enforce","max_concurrent":3}])",

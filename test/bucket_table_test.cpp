@@ -347,6 +347,51 @@ TEST(BucketTable, StaleReleaseAfterTheSlotWasReusedDoesNothing) {
   EXPECT_EQ(ActiveOf(h.table, "second"), 1);
 }
 
+// A request may name the entry its instance was held in last time (a
+// Holding's slot and generation): the table goes straight there while the
+// entry has not changed hands, and looks the instance up otherwise.
+TEST(BucketTable, HintsNameAnEntryOnlyWhileItHasNotChangedHands) {
+  Harness h(1);
+  const Budget first = MakeBudget("first", Mode::kEnforce, 5);
+  const Budget second = MakeBudget("second", Mode::kEnforce, 5);
+  auto hinted = [](const Budget& budget, const Holding& from) {
+    AdmissionRequest request = Request(budget);
+    request.hint_slot = from.slot;
+    request.hint_generation = from.generation;
+    return request;
+  };
+  const Holding learned = AdmitOne(h.table, Request(first)).holdings.at(0);
+  EXPECT_NE(learned.generation, 0u);
+  h.table.Release(learned);
+  const AdmitResult direct = AdmitOne(h.table, hinted(first, learned));
+  ASSERT_TRUE(direct.admitted);
+  EXPECT_EQ(direct.holdings.at(0).slot, learned.slot);
+  EXPECT_EQ(direct.holdings.at(0).generation, learned.generation);
+  EXPECT_EQ(ActiveOf(h.table, "first"), 1);
+  h.table.Release(direct.holdings.at(0));
+
+  // "second" evicts "first" and takes the same entry under a new generation.
+  const Holding taken = AdmitOne(h.table, Request(second)).holdings.at(0);
+  ASSERT_EQ(taken.slot, learned.slot);
+  EXPECT_NE(taken.generation, learned.generation);
+  h.table.Release(taken);
+  const AdmitResult stale = AdmitOne(h.table, hinted(first, learned));
+  ASSERT_TRUE(stale.admitted);
+  EXPECT_EQ(ActiveOf(h.table, "first"), 1);
+  EXPECT_EQ(ActiveOf(h.table, "second"), -1);  // evicted in turn, never counted
+  h.table.Release(stale.holdings.at(0));
+  ExpectConsistent(h.table);
+
+  // A never-used entry has generation 0, which no hint may claim.
+  Harness fresh(4);
+  AdmissionRequest zero = Request(first);
+  zero.hint_slot = 3;
+  zero.hint_generation = 0;
+  ASSERT_TRUE(AdmitOne(fresh.table, zero).admitted);
+  EXPECT_EQ(ActiveOf(fresh.table, "first"), 1);
+  ExpectConsistent(fresh.table);
+}
+
 TEST(BucketTable, MaxConcurrentZeroShedsEverything) {
   Harness h;
   Budget enforce = MakeBudget("shed", Mode::kEnforce, 0);
@@ -831,11 +876,21 @@ TEST(BucketTable, FastPathRacingEvictionsKeepsMaxConcurrentExact) {
   std::atomic<int> admitted{0};
   std::atomic<bool> stop{false};
 
-  auto contender = [&] {
+  // One contender sends the entry it was last admitted in as a hint (the
+  // server's path), the other looks the instance up every time.
+  auto contender = [&](bool hints) {
     BucketTable table(memory.span(), lock, clock);
+    Holding last;
+    last.slot = AdmissionRequest::kNoHint;
     for (int step = 0; step < 60000; ++step) {
-      const AdmitResult result = AdmitOne(table, Request(strict));
+      AdmissionRequest request = Request(strict);
+      if (hints) {
+        request.hint_slot = last.slot;
+        request.hint_generation = last.generation;
+      }
+      const AdmitResult result = AdmitOne(table, request);
       if (!result.admitted) continue;
+      last = result.holdings.at(0);
       if (result.untracked > 0) {  // the table was full of busy entries: not counted
         table.Release(result.holdings.at(0));
         continue;
@@ -855,8 +910,8 @@ TEST(BucketTable, FastPathRacingEvictionsKeepsMaxConcurrentExact) {
     }
   };
   std::thread churner(evictor);
-  std::thread first(contender);
-  std::thread second(contender);
+  std::thread first(contender, true);
+  std::thread second(contender, false);
   first.join();
   second.join();
   stop = true;

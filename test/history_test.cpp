@@ -283,5 +283,49 @@ TEST_F(HistoryTest, AdmissionRecordsOutcomePerBudget) {
   }
 }
 
+// A backend repeating one statement counts its admissions in batches: each
+// still lands in the minute it ran, also when the minute changes mid-batch,
+// and forgetting the pending rule counts (reset()) keeps them in the history.
+TEST_F(HistoryTest, RepeatedAdmissionsLandInTheMinuteTheyRan) {
+  std::vector<Budget> budgets;
+  std::vector<Rule> rules;
+  std::string error;
+  ASSERT_TRUE(
+      ParseBudgets(R"([{"name":"app","mode":"enforce","max_concurrent":5}])", &budgets, &error))
+      << error;
+  ASSERT_TRUE(ParseRules(R"([{"budget":"app","match":{"route":"r"}}])", &rules, &error)) << error;
+  AdmissionController controller;
+  controller.SetRuleSet(RuleSet(std::move(budgets), std::move(rules), nullptr));
+  std::vector<std::uint64_t> bucket_memory(BucketTable::RequiredBytes(8) / 8 + 1, 0);
+  const MemorySpan buckets{bucket_memory.data(), bucket_memory.size() * 8};
+  BucketTable::Initialize(buckets, 8);
+  MutexLock lock;
+  FixedClock clock;
+  BucketTable table(buckets, lock, clock);
+  controller.AttachTable(&table);
+  controller.AttachHistory(history_.get());
+  auto run = [&](int statements) {
+    for (int i = 0; i < statements; ++i) {
+      StatementInfo statement;
+      statement.text = "SELECT 1 /*route='r'*/";
+      statement.wall_now_us = clock_.now_us;
+      const Decision decision = controller.Admit(statement, AttemptKind::kFinal);
+      ASSERT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+      controller.Release(decision.holding);
+    }
+  };
+  run(5);  // fewer than a batch
+  clock_.Advance(kMinuteUs);
+  run(3);
+  controller.DropPendingRuleCounts();
+  controller.FlushHistory();
+  const std::vector<ViolationHistory::Row> rows = history_->Snapshot(clock_.now_us);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].minute_start_s, kStartUs / 1'000'000);
+  EXPECT_EQ(rows[0].counts[ViolationHistory::kAdmitted], 5u);
+  EXPECT_EQ(rows[1].minute_start_s, kStartUs / 1'000'000 + 60);
+  EXPECT_EQ(rows[1].counts[ViolationHistory::kAdmitted], 3u);
+}
+
 }  // namespace
 }  // namespace tc

@@ -90,7 +90,8 @@ class AdmissionController {
   // shim always attaches one).
   void AttachTable(BucketTable* table) {
     table_ = table;
-    match_hashes_.clear();  // they are the table's
+    match_hashes_.clear();  // they and the entries are the table's
+    match_entries_.clear();
   }
   // The estimator's pattern table; without one predictions are unknown.
   void AttachPatterns(PatternTable* patterns) { patterns_ = patterns; }
@@ -151,15 +152,29 @@ class AdmissionController {
   // exception nothing is recorded.
   std::int64_t Hold(const AdmitResult& result, bool learn, std::uint64_t query_id,
                     double plan_cost);
-  // Adds 1 to the counter of the rule of every match.
-  void CountMatches();
+  // Adds `statements` to the counter of the rule of every match.
+  void CountMatches(std::uint32_t statements = 1);
+  // A final decision that admitted the statement with every budget passing,
+  // the common case: counted once per statement here, and added to the rule
+  // counts and the history (FoldRepeats) in batches, when the match or the
+  // minute changes, and before any flush. Per statement it then touches none
+  // of the per-rule and per-budget arrays.
+  void CountPassingRepeat(std::int64_t wall_now_us);
+  void FoldRepeats();
+  std::uint32_t repeats_ = 0;  // of matches_, not yet folded
+  std::int64_t repeats_minute_ = 0;
+  std::int64_t repeats_wall_us_ = 0;
+  // Records `statements` admitted statements, every budget passing, for each
+  // budget of matches_ once.
+  void RecordAllPassed(std::uint32_t statements, std::int64_t wall_now_us);
   // Records a final decision in the violation history, once per budget (not
   // per `each` instance): refused by a limit (the budget refused), else,
   // when the statement was admitted, admitted (and warned when it warned).
   void RecordHistory(const AdmitResult& result, std::int64_t wall_now_us);
   std::vector<std::uint32_t> pending_counts_;  // per rule, not yet in the shared table
   std::vector<std::size_t> pending_rules_;     // the rules whose pending count is not 0
-  void CountAdmittedInHistory(std::size_t budget, std::int32_t slot, std::int64_t wall_now_us);
+  void CountAdmittedInHistory(std::size_t budget, std::int32_t slot, std::int64_t wall_now_us,
+                              std::uint32_t statements = 1);
   std::vector<std::uint32_t> pending_admitted_;       // per budget index
   std::vector<std::int32_t> pending_admitted_slots_;  // their history slots
   std::vector<std::size_t> pending_budgets_;          // where pending_admitted_ is not 0
@@ -244,6 +259,14 @@ class AdmissionController {
   // table's InstanceHash of each (empty until computed for this table).
   bool matches_have_cost_limit_ = false;
   std::vector<std::uint64_t> match_hashes_;
+  // Where each of matches_ was held by the last admission (the Holdings'
+  // slot and generation), sent as hints; empty until an admission held them
+  // all.
+  struct EntryHint {
+    std::uint32_t slot;
+    std::uint64_t generation;
+  };
+  std::vector<EntryHint> match_entries_;
   std::vector<AdmissionRequest> requests_;
   AdmitResult admit_result_;
 };

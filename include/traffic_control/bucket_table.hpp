@@ -40,6 +40,13 @@ struct AdmissionRequest {
   // What InstanceHash(this request) returned on this table, kept by a caller
   // that sends the same instance again; 0: the table computes it.
   std::uint64_t key_hash = 0;
+  // Where the instance was held last time (a Holding's slot and generation),
+  // kept by a caller that sends the same instance again: the table then goes
+  // straight to that entry and only checks, under its spinlock, that the
+  // entry has not changed hands since. kNoHint: looked up by key_hash.
+  static constexpr std::uint32_t kNoHint = UINT32_MAX;
+  std::uint32_t hint_slot = kNoHint;
+  std::uint64_t hint_generation = 0;
 };
 
 // The limits are checked in the order max_concurrent, per_query_limit,
@@ -73,6 +80,9 @@ struct Holding {
   std::uint64_t key_hash = 0;
   std::uint32_t weight = 0;
   double charged_seconds = 0;  // debt charged at admission (the prediction)
+  // The entry's generation when admitted: it changes whenever the entry
+  // changes hands, so a stale holding can never release someone else's slot.
+  std::uint64_t generation = 0;
 };
 
 struct AdmitResult {
@@ -174,6 +184,12 @@ class BucketTable {
   MemorySpan memory_;
   TableLock& lock_;
   Clock& clock_;
+  // From the header, which never changes after Initialize: kept here so that
+  // a statement reads no more of the shared table than the entries it needs.
+  void* entries_ = nullptr;
+  std::int32_t* index_ = nullptr;
+  std::uint32_t index_mask_ = 0;
+  std::uint32_t capacity_ = 0;
 };
 
 }  // namespace tc

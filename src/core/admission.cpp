@@ -48,7 +48,7 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata, const Rul
 }
 
 void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> problems) {
-  FlushRuleCounts();  // the pending counts belong to the old rules' slots
+  FlushRuleCounts();  // the pending counts (and repeats) belong to the old rules
   FlushHistory();
   rules_ = std::move(rules);
   problems_ = std::move(problems);
@@ -59,12 +59,14 @@ void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> pro
 }
 
 void AdmissionController::AttachHistory(ViolationHistory* history) {
+  FoldRepeats();
   FlushHistory();
   history_ = history;
   history_slots_.assign(rules_.budgets().size(), kUnresolved);
 }
 
 void AdmissionController::AttachRuleCounters(RuleCounterTable* counters) {
+  FoldRepeats();
   FlushRuleCounts();
   rule_counters_ = counters;
   rule_slots_.assign(rules_.rules().size(), kUnresolved);
@@ -81,9 +83,11 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
   // statement, and what follows from it alone, is kept and reused while the
   // metadata stay the same.
   if (!matched_metadata_valid_ || !(metadata_ == matched_metadata_)) {
+    FoldRepeats();                    // they are counts of the old matches_
     matched_metadata_valid_ = false;  // until matches_ and the rest agree again
     matches_.clear();
     match_hashes_.clear();
+    match_entries_.clear();
     rules_.Match(metadata_, &matches_);
     // Predict only when a cost limit can use the prediction: the estimator's
     // table is shared memory, and most budgets only cap concurrency.
@@ -107,6 +111,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
   const std::uint32_t weight =
       1 + static_cast<std::uint32_t>(std::max(0, statement.parallel_workers));
   const bool hashes_known = match_hashes_.size() == matches_.size();
+  const bool entries_known = match_entries_.size() == matches_.size();
   requests_.resize(matches_.size());
   for (std::size_t i = 0; i < matches_.size(); ++i) {
     const BudgetMatch& match = matches_[i];
@@ -118,6 +123,8 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
     request.predicted_seconds = *predicted;
     request.server_cores = statement.server_cores > 0 ? statement.server_cores : 1;
     request.key_hash = hashes_known ? match_hashes_[i] : 0;
+    request.hint_slot = entries_known ? match_entries_[i].slot : AdmissionRequest::kNoHint;
+    request.hint_generation = entries_known ? match_entries_[i].generation : 0;
   }
   if (!hashes_known && table_ != nullptr) {
     // Once per new match (and table): the table's hash of each instance.
@@ -144,7 +151,7 @@ Report AdmissionController::ReportFor(std::size_t index, const BudgetVerdict& ve
   return FormatVerdict(context, verdict, refusing);
 }
 
-void AdmissionController::CountMatches() {
+void AdmissionController::CountMatches(std::uint32_t statements) {
   if (rule_counters_ == nullptr) return;
   for (const BudgetMatch& match : matches_) {
     if (match.rule_index >= rule_slots_.size()) continue;
@@ -156,13 +163,31 @@ void AdmissionController::CountMatches() {
       slot = rule_counters_->Resolve(rule.name, rule.budget);
     }
     if (pending_counts_.size() != rule_slots_.size()) pending_counts_.assign(rule_slots_.size(), 0);
-    if (pending_counts_[match.rule_index]++ == 0) pending_rules_.push_back(match.rule_index);
-    ++pending_total_;
+    if (pending_counts_[match.rule_index] == 0) pending_rules_.push_back(match.rule_index);
+    pending_counts_[match.rule_index] += statements;
+    pending_total_ += statements;
   }
   if (pending_total_ >= kRuleCountBatch) FlushRuleCounts();
 }
 
+void AdmissionController::CountPassingRepeat(std::int64_t wall_now_us) {
+  const std::int64_t minute = wall_now_us / 60'000'000;
+  if (repeats_ > 0 && minute != repeats_minute_) FoldRepeats();  // each in its own minute
+  repeats_minute_ = minute;
+  repeats_wall_us_ = wall_now_us;
+  if (++repeats_ >= kRuleCountBatch) FoldRepeats();
+}
+
+void AdmissionController::FoldRepeats() {
+  if (repeats_ == 0) return;
+  const std::uint32_t statements = repeats_;
+  repeats_ = 0;  // first: the flushes below fold again, finding nothing
+  CountMatches(statements);
+  RecordAllPassed(statements, repeats_wall_us_);
+}
+
 void AdmissionController::FlushRuleCounts() {
+  FoldRepeats();
   if (pending_total_ == 0) return;
   pending_total_ = 0;
   for (const std::size_t rule : pending_rules_) {
@@ -221,19 +246,12 @@ void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t 
     if (slot == kUnresolved) slot = history_->Resolve(rules_.budgets()[budget].name);
     return slot;
   };
-  // Most statements: admitted, every budget passing. Each budget once
-  // (matches_ are ordered by budget), into the batch.
   bool all_passed = result.admitted;
   for (std::size_t i = 0; i < n && all_passed; ++i) {
     all_passed = result.verdicts[i].action == BudgetVerdict::Action::kPass;
   }
   if (all_passed) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::size_t budget = matches_[i].budget_index;
-      if (i > 0 && matches_[i - 1].budget_index == budget) continue;
-      const std::int32_t slot = slot_of(budget);
-      if (slot != ViolationHistory::kNoSlot) CountAdmittedInHistory(budget, slot, wall_now_us);
-    }
+    RecordAllPassed(1, wall_now_us);
     return;
   }
 
@@ -272,12 +290,29 @@ void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t 
   }
 }
 
+void AdmissionController::RecordAllPassed(std::uint32_t statements, std::int64_t wall_now_us) {
+  if (history_ == nullptr) return;
+  const std::size_t budget_count = rules_.budgets().size();
+  if (history_slots_.size() != budget_count) history_slots_.assign(budget_count, kUnresolved);
+  // Each budget once (matches_ are ordered by budget), into the batch.
+  for (std::size_t i = 0; i < matches_.size(); ++i) {
+    const std::size_t budget = matches_[i].budget_index;
+    if (budget >= budget_count || (i > 0 && matches_[i - 1].budget_index == budget)) continue;
+    std::int32_t& slot = history_slots_[budget];
+    if (slot == kUnresolved) slot = history_->Resolve(rules_.budgets()[budget].name);
+    if (slot != ViolationHistory::kNoSlot) {
+      CountAdmittedInHistory(budget, slot, wall_now_us, statements);
+    }
+  }
+}
+
 // Plain admissions are most statements: they are added to the shared ring in
 // per-backend batches (one atomic add per batch), and flushed when the minute
 // changes, before the history is read and at exit. Refusals and warnings are
 // rare and recorded at once.
 void AdmissionController::CountAdmittedInHistory(std::size_t budget, std::int32_t slot,
-                                                 std::int64_t wall_now_us) {
+                                                 std::int64_t wall_now_us,
+                                                 std::uint32_t statements) {
   const std::int64_t minute = wall_now_us / 60'000'000;
   if (minute != pending_history_minute_) FlushHistory();
   pending_history_minute_ = minute;
@@ -286,12 +321,15 @@ void AdmissionController::CountAdmittedInHistory(std::size_t budget, std::int32_
   if (pending_admitted_slots_.size() != pending_admitted_.size()) {
     pending_admitted_slots_.resize(pending_admitted_.size(), ViolationHistory::kNoSlot);
   }
-  if (pending_admitted_[budget]++ == 0) pending_budgets_.push_back(budget);
+  if (pending_admitted_[budget] == 0) pending_budgets_.push_back(budget);
+  pending_admitted_[budget] += statements;
   pending_admitted_slots_[budget] = slot;
-  if (++pending_admitted_total_ >= kHistoryBatch) FlushHistory();
+  pending_admitted_total_ += statements;
+  if (pending_admitted_total_ >= kHistoryBatch) FlushHistory();
 }
 
 void AdmissionController::FlushHistory() {
+  FoldRepeats();
   if (pending_admitted_total_ == 0) return;
   pending_admitted_total_ = 0;
   for (const std::size_t budget : pending_budgets_) {
@@ -306,6 +344,7 @@ void AdmissionController::FlushHistory() {
 }
 
 void AdmissionController::DropPendingRuleCounts() {
+  FoldRepeats();  // their history counts stay pending
   for (const std::size_t rule : pending_rules_) {
     if (rule < pending_counts_.size()) pending_counts_[rule] = 0;
   }
@@ -346,6 +385,16 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
     return;
   }
   if (result.admitted) {
+    // Hints for the next statement with the same match: every instance
+    // tracked, one holding per request in order.
+    if (result.untracked == 0 && result.holdings.size() == requests_.size()) {
+      match_entries_.resize(requests_.size());
+      for (std::size_t i = 0; i < requests_.size(); ++i) {
+        match_entries_[i] = EntryHint{result.holdings[i].slot, result.holdings[i].generation};
+      }
+    } else {
+      match_entries_.clear();
+    }
     decision.measure_cpu = has_cost_limit;
     const bool learn = has_cost_limit && patterns_ != nullptr && query_id != 0;
     try {
@@ -360,6 +409,15 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
   }
   try {
     // Final: admitted or refused, so the statement counts as matched once.
+    bool all_passed = result.admitted;
+    for (std::size_t i = 0; i < result.verdicts.size() && all_passed; ++i) {
+      all_passed = result.verdicts[i].action == BudgetVerdict::Action::kPass;
+    }
+    if (all_passed) {
+      CountPassingRepeat(statement.wall_now_us);
+      return;  // nothing to report
+    }
+    FoldRepeats();  // the history in the order the statements came
     CountMatches();
     RecordHistory(result, statement.wall_now_us);
     for (std::size_t i = 0; i < matches_.size(); ++i) {

@@ -7,8 +7,8 @@
 // any process may map it at any address):
 //   TableHeader                        magic/version, capacity, waiter count,
 //                                      free list, eviction hand, hash seed
-//   BucketEntry entries[capacity]      spinlock, state (counts, debt,
-//                                      counters), key, display text; on
+//   BucketEntry entries[capacity]      spinlock, generation, state (counts,
+//                                      debt, counters), key, display text; on
 //                                      cache-line boundaries (see BucketEntry)
 //   int32 index[index_size]            open addressing: power of two >=
 //                                      2 x capacity, linear probing,
@@ -43,13 +43,19 @@
 // - An entry's identity (in_use, key_hash, names) changes only under both the
 //   exclusive table lock and the entry's spinlock, so either one suffices to
 //   read it. Eviction checks that the entry is idle under that same spinlock.
+//   Every identity change also advances the entry's `generation` (in the
+//   spinlock's cache line), so a (slot, generation) pair seen once names the
+//   same instance for as long as the generation reads the same: Release and
+//   an Admit with hints check only that, never the identity's own line.
 // - The fast path, which most statements take: Admit of instances that are
-//   all in the table, and every Release, take no table lock. Admit probes the
-//   index without a lock (atomic loads of the slot numbers and of key_hash;
-//   a probe racing a writer may miss or find a wrong slot), then takes the
-//   spinlocks of the entries found and checks their identity under them;
-//   any doubt (not found, identity changed) falls back to the exclusive
-//   path. Release checks its holding's identity under the entry's spinlock.
+//   all in the table, and every Release, take no table lock. Admit goes to
+//   the entries its requests' hints name, or else probes the index without a
+//   lock (atomic loads of the slot numbers and of key_hash; a probe racing a
+//   writer may miss or find a wrong slot), then takes the spinlocks of the
+//   entries found and checks under them the generation (hinted) or the
+//   identity (probed); any doubt (not found, changed) falls back to the
+//   exclusive path. Release checks its holding's generation under the
+//   entry's spinlock.
 //   So backends running statements of the same budget share only that
 //   entry's cache line, not the table lock's.
 // - Admit takes the spinlocks of all the entries it decides on at once, in
@@ -91,7 +97,7 @@ namespace tc {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x54434255434b4554ULL;  // "TCBUCKET"
-constexpr std::uint32_t kLayoutVersion = 3;
+constexpr std::uint32_t kLayoutVersion = 4;
 constexpr std::int32_t kNoSlot = -1;
 constexpr std::size_t kBudgetNameCapacity = kMaxBudgetNameBytes + 1;
 // Idle entries an eviction looks at (a bounded scan keeps it O(1)).
@@ -147,25 +153,31 @@ constexpr std::size_t RoundUp(std::size_t value, std::size_t alignment) {
 
 // Bytes of an entry before its identity, and of its identity (the fields
 // from key_hash to instance, as declared below).
-constexpr std::size_t kEntryHotBytes = 2 * sizeof(std::uint32_t) + sizeof(BucketState);
-constexpr std::size_t kEntryIdentityBytes = 2 * sizeof(std::uint64_t) + sizeof(std::uint16_t) +
-                                            3 * sizeof(std::uint8_t) + kBudgetNameCapacity +
-                                            kMaxInstanceDisplayBytes;
+constexpr std::size_t kEntryHotBytes =
+    2 * sizeof(std::uint32_t) + sizeof(std::uint64_t) + sizeof(BucketState);
+constexpr std::size_t kEntryIdentityBytes = 2 * sizeof(std::uint64_t) + sizeof(std::int32_t) +
+                                            sizeof(std::uint16_t) + 3 * sizeof(std::uint8_t) +
+                                            kBudgetNameCapacity + kMaxInstanceDisplayBytes;
 
 // Cache lines (the table and its entries start on line boundaries): the
-// spinlock and the hot state share the first line, which backends running
-// statements of the same budget pass between them; the identity, which every
-// admission reads and only creation and eviction write, starts on a line of
-// its own, so that reading it never has to fetch the line being written.
+// spinlock, the generation and the hot state share the first line, which
+// backends running statements of the same budget pass between them, and which
+// is all a statement whose entry is known (hinted) touches; the identity,
+// which a lookup reads and only creation and eviction write, starts on a line
+// of its own, so that reading it never has to fetch the line being written.
 struct BucketEntry {
   std::uint32_t spin;  // 0 = free; only through SpinLock/SpinUnlock
-  std::int32_t next;   // free list
+  std::uint32_t unused;
+  // Advanced by every identity change (under the exclusive table lock and
+  // `spin`; read under `spin`). Never 0 for an entry in use.
+  std::uint64_t generation;
   BucketState state;
   unsigned char padding_before_identity[RoundUp(kEntryHotBytes, kCacheLineBytes) - kEntryHotBytes];
   // Identity: written only under the exclusive table lock and `spin`
   // (key_hash atomically: the fast path reads it under neither).
   std::uint64_t key_hash;
   std::uint64_t instance_full_bytes;  // identity: the value may be truncated
+  std::int32_t next;                  // free list (under the exclusive table lock)
   std::uint16_t instance_bytes;       // stored (display) bytes
   std::uint8_t budget_bytes;
   std::uint8_t has_instance;
@@ -280,6 +292,13 @@ TableView ViewOf(MemorySpan memory) {
   return TableView{header, reinterpret_cast<BucketEntry*>(base + header->entries_offset),
                    reinterpret_cast<std::int32_t*>(base + header->index_offset),
                    header->index_size - 1};
+}
+
+// The same from the parts a BucketTable keeps (they never change after
+// Initialize), without reading the shared header.
+TableView CachedView(MemorySpan memory, void* entries, std::int32_t* index, std::uint32_t mask) {
+  return TableView{static_cast<TableHeader*>(memory.data), static_cast<BucketEntry*>(entries),
+                   index, mask};
 }
 
 // --- Key hashing --------------------------------------------------------------
@@ -470,6 +489,7 @@ std::int32_t Evict(const TableView& table, const std::int32_t* pinned, std::size
       SpinGuard spin(entry);
       if (entry.state.active > 0) continue;  // taken meanwhile: look again
       entry.in_use = 0;                      // from here on no Admit or Release accepts this entry
+      ++entry.generation;
       SetKeyHash(entry, 0);
     }
     IndexErase(table, IndexPositionOf(table, best, old_hash));  // its counters go too
@@ -542,6 +562,7 @@ std::int32_t FindOrCreate(const TableView& table, const AdmissionRequest& reques
     // holding the spinlock to check the identity it is about to lose.
     SpinGuard spin(entry);
     SetKeyHash(entry, key_hash);
+    ++entry.generation;
     entry.in_use = 1;
     entry.has_instance = request.has_instance ? 1 : 0;
     entry.budget_bytes = static_cast<std::uint8_t>(budget.size());
@@ -713,7 +734,21 @@ struct Pending {
   std::uint64_t hash = 0;
   std::optional<double> predicted;
   double cores = 1;
+  double drain_per_second = -1;  // DrainRateOf the request's budget
 };
+
+Pending PendingOf(const AdmissionRequest& request, std::uint64_t hash) {
+  Pending pending;
+  pending.hash = hash;
+  pending.predicted = UsablePrediction(request.predicted_seconds);
+  pending.cores = UsableCores(request.server_cores);
+  pending.drain_per_second = DrainRateOf(*request.budget, pending.cores);
+  // The decision reads the rest of the budget under the entry's spinlock:
+  // fetched now, so that no cache miss lengthens the time it is held.
+  __builtin_prefetch(request.budget);
+  __builtin_prefetch(reinterpret_cast<const char*>(request.budget) + kCacheLineBytes);
+  return pending;
+}
 
 // The verdict of every request (into `verdicts`); true when any is refused.
 // states[i] is the state of request i's instance (the same pointer for
@@ -733,7 +768,7 @@ bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending*
     Standing standing;
     if (states[i] != nullptr) {
       BucketState& state = *states[i];
-      PrepareBucket(state, DrainRateOf(budget, pending[i].cores), now_us);
+      PrepareBucket(state, pending[i].drain_per_second, now_us);
       state.last_used_us = std::max(state.last_used_us, now_us);  // a refusal is a use too
       standing.active = state.active;
       standing.debt = state.debt;
@@ -833,8 +868,9 @@ void DecideUnderSpinlocks(const TableView& table, const std::vector<AdmissionReq
       double charged = 0;
       if (state.drain_per_second >= 0) charged = pending[i].predicted.value_or(0.0);
       state.debt += charged;
-      result->holdings.push_back(
-          Holding{static_cast<std::uint32_t>(slots[i]), pending[i].hash, request.weight, charged});
+      result->holdings.push_back(Holding{static_cast<std::uint32_t>(slots[i]), pending[i].hash,
+                                         request.weight, charged,
+                                         table.entries[slots[i]].generation});
     }
   }
 }
@@ -908,6 +944,11 @@ BucketTable::BucketTable(MemorySpan memory, TableLock& lock, Clock& clock)
       memory.size < header->total_bytes) {
     throw std::invalid_argument("bucket table memory is not formatted (call Initialize first)");
   }
+  const TableView table = ViewOf(memory);
+  entries_ = table.entries;
+  index_ = table.index;
+  index_mask_ = table.mask;
+  capacity_ = header->capacity;
 }
 
 std::uint64_t BucketTable::InstanceHash(const AdmissionRequest& request) const {
@@ -915,9 +956,7 @@ std::uint64_t BucketTable::InstanceHash(const AdmissionRequest& request) const {
   return KeyHash(header->hash_seed, request.budget->name, request.has_instance, request.instance);
 }
 
-std::uint32_t BucketTable::capacity() const {
-  return static_cast<const TableHeader*>(memory_.data)->capacity;
-}
+std::uint32_t BucketTable::capacity() const { return capacity_; }
 
 AdmitResult BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
                                std::int64_t wall_now_us) {
@@ -945,26 +984,33 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
   }
 
   // Everything that allocates or takes time happens before locking.
-  const TableView table = ViewOf(memory_);
+  const TableView table = CachedView(memory_, entries_, index_, index_mask_);
   result.verdicts.resize(count);  // every one is written by JudgeRequests
   result.holdings.reserve(count);
+  // Written under the spinlocks: fetched for writing now (see PendingOf).
+  __builtin_prefetch(result.verdicts.data(), 1);
+  __builtin_prefetch(result.holdings.data(), 1);
   SmallArray<Pending, 4> pending(count, Pending{});
   SmallArray<std::int32_t, 4> slots(count, kNoSlot);
   SmallArray<std::int32_t, 4> order(count, kNoSlot);
   SmallArray<BucketState*, 4> states(count, nullptr);
   for (std::size_t i = 0; i < count; ++i) {
     const AdmissionRequest& request = requests[i];
-    pending[i].hash = request.key_hash != 0 ? request.key_hash : InstanceHash(request);
-    pending[i].predicted = UsablePrediction(request.predicted_seconds);
-    pending[i].cores = UsableCores(request.server_cores);
+    pending[i] =
+        PendingOf(request, request.key_hash != 0 ? request.key_hash : InstanceHash(request));
   }
   const std::int64_t now_us = clock_.NowMicros();
 
-  // The fast path: every instance exists. Found without the table lock and
-  // confirmed under the entries' spinlocks, so backends only meet on the
-  // entries they share.
+  // The fast path: every instance exists. Found without the table lock (at
+  // the hinted entries, or else by probing the index) and confirmed under the
+  // entries' spinlocks, so backends only meet on the entries they share.
+  bool hinted = true;
+  for (std::size_t i = 0; i < count && hinted; ++i) {
+    hinted = requests[i].hint_slot < capacity_;
+    slots[i] = hinted ? static_cast<std::int32_t>(requests[i].hint_slot) : kNoSlot;
+  }
   bool all_found = true;
-  for (std::size_t i = 0; i < count && all_found; ++i) {
+  for (std::size_t i = 0; i < count && all_found && !hinted; ++i) {
     slots[i] = FindUnlocked(table, pending[i].hash);
     all_found = slots[i] != kNoSlot;
   }
@@ -972,7 +1018,11 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
     const std::size_t locked = LockEntries(table, slots.data(), count, order.data());
     bool confirmed = true;
     for (std::size_t i = 0; i < count && confirmed; ++i) {
-      confirmed = SameKey(table.entries[slots[i]], pending[i].hash, requests[i]);
+      const BucketEntry& entry = table.entries[slots[i]];
+      // In use, a generation is never 0 (a hint of 0 names nothing).
+      confirmed = hinted ? requests[i].hint_generation != 0 &&
+                               entry.generation == requests[i].hint_generation
+                         : SameKey(entry, pending[i].hash, requests[i]);
     }
     if (confirmed) {
       DecideUnderSpinlocks(table, requests, pending.data(), slots.data(), states.data(), kind,
@@ -1007,9 +1057,8 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
   std::vector<BucketState*> states(count, nullptr);
   for (std::size_t i = 0; i < count; ++i) {
     const AdmissionRequest& request = requests[i];
-    pending[i].hash = request.key_hash != 0 ? request.key_hash : InstanceHash(request);
-    pending[i].predicted = UsablePrediction(request.predicted_seconds);
-    pending[i].cores = UsableCores(request.server_cores);
+    pending[i] =
+        PendingOf(request, request.key_hash != 0 ? request.key_hash : InstanceHash(request));
   }
   const std::int64_t now_us = clock_.NowMicros();
 
@@ -1057,8 +1106,8 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
 }
 
 bool BucketTable::Release(const Holding& holding, std::optional<double> actual_seconds) {
-  if (holding.slot == Holding::kUntrackedSlot || holding.slot >= capacity()) return false;
-  const TableView table = ViewOf(memory_);
+  if (holding.slot == Holding::kUntrackedSlot || holding.slot >= capacity_) return false;
+  const TableView table = CachedView(memory_, entries_, index_, index_mask_);
   const auto slot = static_cast<std::int32_t>(holding.slot);
   // A measurement that is not a number of seconds corrects nothing.
   const bool correct = actual_seconds.has_value() && std::isfinite(*actual_seconds) &&
@@ -1071,8 +1120,9 @@ bool BucketTable::Release(const Holding& holding, std::optional<double> actual_s
   // No table lock: the identity is checked under the entry's spinlock.
   BucketEntry& entry = table.entries[slot];
   SpinGuard spin(entry);
-  // A mismatch means the holding was released already and the entry reused.
-  if (!entry.in_use || KeyHashOf(entry) != holding.key_hash) return false;
+  // A mismatch means the holding was released already and the entry reused
+  // (or evicted: in use, a generation is never 0).
+  if (holding.generation == 0 || entry.generation != holding.generation) return false;
   BucketState& state = entry.state;
   state.active -= std::min<std::int64_t>(state.active, holding.weight);
   if (correct && state.drain_per_second >= 0) {
