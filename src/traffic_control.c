@@ -302,6 +302,15 @@ tc_shmem_startup(void)
 
 	if (!formatted)
 		ereport(FATAL, (errmsg_internal("%s", tc_last_error())));
+
+	/*
+	 * The postmaster builds the rule set once, so that every backend forked
+	 * from it starts with it ready instead of parsing and compiling the JSON
+	 * at its first statement (milliseconds with 1,000 rules). After a reload
+	 * each process rebuilds its own before its next statement, as before.
+	 */
+	if (!IsUnderPostmaster)
+		maybe_reload_config();
 }
 
 static void
@@ -390,6 +399,7 @@ maybe_reload_config(void)
 		return;
 	}
 	config_empty = tc_config_empty();
+	elog(DEBUG1, "traffic_control: configuration loaded");
 	if (reported_problem_count == 0)
 		return;
 

@@ -4,6 +4,8 @@
 #   rejected: the last good configuration stays in force (the budget still
 #   refuses) and the server log names the item and the field.
 # - LOAD 'traffic_control' in a server that did not preload it fails.
+# - The postmaster builds the rule set once at startup and new sessions use
+#   it; after a reload, sessions build the new one.
 #
 # Every wait is bounded (30 s).
 use strict;
@@ -155,6 +157,53 @@ $holder->query_safe('COMMIT');
 end_session($holder);
 end_session($old_session);
 $node->stop;
+
+# ---- the postmaster builds the rule set once, for every backend ----------------
+my $preload = PostgreSQL::Test::Cluster->new('preload');
+$preload->init;
+$preload->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'traffic_control'
+log_min_messages = debug1
+traffic_control.budgets = '$good_budgets'
+traffic_control.rules = '[{"name":"tap_one","budget":"tap_one","match":{"test":"one"}}]'
+});
+$preload->start;
+
+# How many processes have built a rule set so far (DEBUG1 log lines).
+sub builds
+{
+	my @lines = slurp_file($preload->logfile) =~
+	  /traffic_control: configuration loaded/g;
+	return scalar @lines;
+}
+
+sub try_tagged_on_preload
+{
+	return outcome(
+		$preload->psql('postgres', $tagged, timeout => $wait_seconds));
+}
+
+is(builds(), 1, 'startup: the postmaster builds the rule set once');
+is(try_tagged_on_preload(), 'admitted', "new session $_: the rule set applies")
+  for 1 .. 3;
+is(builds(), 1, 'new sessions start with the postmaster\'s rule set');
+
+$preload->append_conf('postgresql.conf',
+	q{traffic_control.budgets = '[{"name":"tap_one","mode":"enforce","max_concurrent":0}]'}
+);
+$preload->reload;
+my $deadline = time() + $wait_seconds;
+my $after_reload = '';
+while (time() < $deadline)
+{
+	$after_reload = try_tagged_on_preload();
+	last if $after_reload eq 'refused';
+	usleep(100_000);
+}
+is($after_reload, 'refused', 'after a reload: a new session applies the new budgets');
+cmp_ok(builds(), '>', 1, 'after a reload: sessions build the new rule set');
+$preload->stop;
 
 # ---- LOAD without shared_preload_libraries ----------------------------------
 my $plain = PostgreSQL::Test::Cluster->new('plain');
