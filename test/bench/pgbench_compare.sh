@@ -34,12 +34,13 @@ trap stop_all EXIT
 # Arm C's 1,000 budgets and rules (the same as callgrind_statement.sh).
 python3 "$TC_ROOT/test/bench/thousand_rules.py" >"$WORK/rules.conf"
 
-# One cluster with the pgbench data, copied twice, so the arms differ only
-# in their configuration.
-tc_start_cluster "$WORK/A"
+# One cluster with the pgbench data, copied three times, so the arms differ
+# only in their configuration (none of them is the original).
+tc_start_cluster "$WORK/template"
 "$PG_BINDIR/pgbench" -i -q -s 10 postgres >/dev/null 2>&1
-tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$WORK/A/data" -m fast -w stop >/dev/null
-for arm in B C; do cp -a "$WORK/A" "$WORK/$arm"; done
+tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$WORK/template/data" -m fast -w stop >/dev/null
+for arm in A B C; do cp -a "$WORK/template" "$WORK/$arm"; done
+rm -rf "$WORK/template"
 
 declare -A PORT
 for arm in A B C; do
