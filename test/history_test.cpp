@@ -219,44 +219,57 @@ class FixedClock final : public Clock {
   std::int64_t NowMicros() override { return 1'000'000; }
 };
 
+// A backend's admission decisions on a bucket table of its own, recording
+// into the test's history; Run() admits a statement at `wall_now_us` and
+// releases what it holds.
+class AdmittingBackend {
+ public:
+  AdmittingBackend(const std::string& budgets_json, const std::string& rules_json,
+                   ViolationHistory* history)
+      : bucket_memory_(BucketTable::RequiredBytes(64) / 8 + 1, 0) {
+    std::vector<Budget> budgets;
+    std::vector<Rule> rules;
+    std::string error;
+    EXPECT_TRUE(ParseBudgets(budgets_json, &budgets, &error)) << error;
+    EXPECT_TRUE(ParseRules(rules_json, &rules, &error)) << error;
+    controller.SetRuleSet(RuleSet(std::move(budgets), std::move(rules), nullptr));
+    const MemorySpan buckets{bucket_memory_.data(), bucket_memory_.size() * 8};
+    BucketTable::Initialize(buckets, 64);
+    table_ = std::make_unique<BucketTable>(buckets, lock_, clock_);
+    controller.AttachTable(table_.get());
+    controller.AttachHistory(history);
+  }
+
+  Decision::Outcome Run(std::string_view text, std::int64_t wall_now_us) {
+    StatementInfo statement;
+    statement.text = text;
+    statement.wall_now_us = wall_now_us;
+    const Decision decision = controller.Admit(statement, AttemptKind::kFinal);
+    if (decision.holding != 0) controller.Release(decision.holding);
+    return decision.outcome;
+  }
+
+  AdmissionController controller;
+
+ private:
+  std::vector<std::uint64_t> bucket_memory_;
+  MutexLock lock_;
+  FixedClock clock_;
+  std::unique_ptr<BucketTable> table_;
+};
+
 TEST_F(HistoryTest, AdmissionRecordsOutcomePerBudget) {
-  std::vector<Budget> budgets;
-  std::vector<Rule> rules;
-  std::string error;
-  ASSERT_TRUE(ParseBudgets(
+  AdmittingBackend backend(
       R"([{"name":"shed","mode":"enforce","max_concurrent":0},
           {"name":"warn","mode":"warn","max_concurrent":0},
           {"name":"tenant","mode":"enforce","max_concurrent":5}])",
-      &budgets, &error))
-      << error;
-  ASSERT_TRUE(ParseRules(
       R"([{"name":"shed","budget":"shed","match":{"route":"shed"}},
           {"name":"warn","budget":"warn","match":{"route":"warn"}},
           {"name":"tenant","budget":"tenant","match":{"route":"tenant"},"each":"tenant"},
           {"name":"both","budget":"tenant","match":{"route":"both"},"each":"tenant"},
           {"name":"both_shed","budget":"shed","match":{"route":"both"}}])",
-      &rules, &error))
-      << error;
-  std::vector<RuleProblem> problems;
-  AdmissionController controller;
-  controller.SetRuleSet(RuleSet(std::move(budgets), std::move(rules), &problems));
-  std::vector<std::uint64_t> bucket_memory(BucketTable::RequiredBytes(64) / 8 + 1, 0);
-  const MemorySpan buckets{bucket_memory.data(), bucket_memory.size() * 8};
-  BucketTable::Initialize(buckets, 64);
-  MutexLock lock;
-  FixedClock clock;
-  BucketTable table(buckets, lock, clock);
-  controller.AttachTable(&table);
-  controller.AttachHistory(history_.get());
-
-  auto run = [&](std::string_view text) {
-    StatementInfo statement;
-    statement.text = text;
-    statement.wall_now_us = clock_.now_us;
-    Decision decision = controller.Admit(statement, AttemptKind::kFinal);
-    if (decision.holding != 0) controller.Release(decision.holding);
-    return decision.outcome;
-  };
+      history_.get());
+  auto run = [&](std::string_view text) { return backend.Run(text, clock_.now_us); };
   EXPECT_EQ(run("SELECT 1 /*route='shed'*/"), Decision::Outcome::kRefused);
   EXPECT_EQ(run("SELECT 1 /*route='warn'*/"), Decision::Outcome::kAdmitted);
   EXPECT_EQ(run("SELECT 1 /*route='tenant',tenant='a'*/"), Decision::Outcome::kAdmitted);
@@ -264,7 +277,7 @@ TEST_F(HistoryTest, AdmissionRecordsOutcomePerBudget) {
   // Refused by shed; tenant passed it, but it did not run: nothing for tenant.
   EXPECT_EQ(run("SELECT 1 /*route='both',tenant='a'*/"), Decision::Outcome::kRefused);
 
-  controller.FlushHistory();  // a reader flushes its own backend's batched admissions first
+  backend.controller.FlushHistory();  // a reader flushes its own backend's batched admissions first
   const std::vector<ViolationHistory::Row> rows = history_->Snapshot(clock_.now_us);
   ASSERT_EQ(rows.size(), 3u);
   for (const ViolationHistory::Row& row : rows) {
@@ -287,38 +300,18 @@ TEST_F(HistoryTest, AdmissionRecordsOutcomePerBudget) {
 // still lands in the minute it ran, also when the minute changes mid-batch,
 // and forgetting the pending rule counts (reset()) keeps them in the history.
 TEST_F(HistoryTest, RepeatedAdmissionsLandInTheMinuteTheyRan) {
-  std::vector<Budget> budgets;
-  std::vector<Rule> rules;
-  std::string error;
-  ASSERT_TRUE(
-      ParseBudgets(R"([{"name":"app","mode":"enforce","max_concurrent":5}])", &budgets, &error))
-      << error;
-  ASSERT_TRUE(ParseRules(R"([{"budget":"app","match":{"route":"r"}}])", &rules, &error)) << error;
-  AdmissionController controller;
-  controller.SetRuleSet(RuleSet(std::move(budgets), std::move(rules), nullptr));
-  std::vector<std::uint64_t> bucket_memory(BucketTable::RequiredBytes(8) / 8 + 1, 0);
-  const MemorySpan buckets{bucket_memory.data(), bucket_memory.size() * 8};
-  BucketTable::Initialize(buckets, 8);
-  MutexLock lock;
-  FixedClock clock;
-  BucketTable table(buckets, lock, clock);
-  controller.AttachTable(&table);
-  controller.AttachHistory(history_.get());
+  AdmittingBackend backend(R"([{"name":"app","mode":"enforce","max_concurrent":5}])",
+                           R"([{"budget":"app","match":{"route":"r"}}])", history_.get());
   auto run = [&](int statements) {
     for (int i = 0; i < statements; ++i) {
-      StatementInfo statement;
-      statement.text = "SELECT 1 /*route='r'*/";
-      statement.wall_now_us = clock_.now_us;
-      const Decision decision = controller.Admit(statement, AttemptKind::kFinal);
-      ASSERT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
-      controller.Release(decision.holding);
+      ASSERT_EQ(backend.Run("SELECT 1 /*route='r'*/", clock_.now_us), Decision::Outcome::kAdmitted);
     }
   };
   run(5);  // fewer than a batch
   clock_.Advance(kMinuteUs);
   run(3);
-  controller.DropPendingRuleCounts();
-  controller.FlushHistory();
+  backend.controller.DropPendingRuleCounts();
+  backend.controller.FlushHistory();
   const std::vector<ViolationHistory::Row> rows = history_->Snapshot(clock_.now_us);
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].minute_start_s, kStartUs / 1'000'000);
