@@ -80,8 +80,6 @@
 //   Initialize and are read without any lock.
 #include "traffic_control/bucket_table.hpp"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstddef>

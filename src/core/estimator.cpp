@@ -43,8 +43,6 @@
 // - The clock is read and allocations are made before locking.
 #include "traffic_control/estimator.hpp"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -32,8 +32,6 @@
 //   only grow, so there is no ABA) or is older than kMinutes minutes.
 #include "traffic_control/history.hpp"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>

@@ -35,8 +35,6 @@
 //   order: they are statistics, nothing is ordered by them).
 #include "traffic_control/rule_counters.hpp"
 
-#include <sched.h>
-
 #include <cstring>
 #include <stdexcept>
 #include <string>
