@@ -170,7 +170,11 @@ class AdmissionController {
   // Records a final decision in the violation history, once per budget (not
   // per `each` instance): refused by a limit (the budget refused), else,
   // when the statement was admitted, admitted (and warned when it warned).
+  // (Admit counts decisions that admitted with every budget passing through
+  // CountPassingRepeat instead.)
   void RecordHistory(const AdmitResult& result, std::int64_t wall_now_us);
+  // The history slot of budget `budget` (resolved once), or kNoSlot.
+  std::int32_t HistorySlot(std::size_t budget);
   std::vector<std::uint32_t> pending_counts_;  // per rule, not yet in the shared table
   std::vector<std::size_t> pending_rules_;     // the rules whose pending count is not 0
   void CountAdmittedInHistory(std::size_t budget, std::int32_t slot, std::int64_t wall_now_us,

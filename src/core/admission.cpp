@@ -236,25 +236,19 @@ BudgetOutcome OutcomeOf(const BudgetVerdict& verdict) {
 
 }  // namespace
 
+std::int32_t AdmissionController::HistorySlot(std::size_t budget) {
+  const std::size_t budget_count = rules_.budgets().size();
+  if (history_slots_.size() != budget_count) history_slots_.assign(budget_count, kUnresolved);
+  if (budget >= budget_count) return ViolationHistory::kNoSlot;
+  std::int32_t& slot = history_slots_[budget];
+  if (slot == kUnresolved) slot = history_->Resolve(rules_.budgets()[budget].name);
+  return slot;
+}
+
 void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t wall_now_us) {
   if (history_ == nullptr) return;
   const std::size_t budget_count = rules_.budgets().size();
-  if (history_slots_.size() != budget_count) history_slots_.assign(budget_count, kUnresolved);
   const std::size_t n = std::min(matches_.size(), result.verdicts.size());
-  auto slot_of = [&](std::size_t budget) {
-    std::int32_t& slot = history_slots_[budget];
-    if (slot == kUnresolved) slot = history_->Resolve(rules_.budgets()[budget].name);
-    return slot;
-  };
-  bool all_passed = result.admitted;
-  for (std::size_t i = 0; i < n && all_passed; ++i) {
-    all_passed = result.verdicts[i].action == BudgetVerdict::Action::kPass;
-  }
-  if (all_passed) {
-    RecordAllPassed(1, wall_now_us);
-    return;
-  }
-
   if (budget_outcomes_.size() != budget_count) budget_outcomes_.assign(budget_count, kOutcomeNone);
   for (std::size_t i = 0; i < n; ++i) {
     std::uint8_t& outcome = budget_outcomes_[matches_[i].budget_index];
@@ -267,7 +261,7 @@ void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t 
     budget_outcomes_[budget] = kOutcomeNone;
     const bool refused = outcome >= kOutcomeRefusedMaxConcurrent;
     if (!refused && !result.admitted) continue;  // another budget refused it: it did not run
-    const std::int32_t slot = slot_of(budget);
+    const std::int32_t slot = HistorySlot(budget);
     if (slot == ViolationHistory::kNoSlot) continue;  // the history's budget table is full
     switch (outcome) {
       case kOutcomeRefusedMaxConcurrent:
@@ -292,14 +286,11 @@ void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t 
 
 void AdmissionController::RecordAllPassed(std::uint32_t statements, std::int64_t wall_now_us) {
   if (history_ == nullptr) return;
-  const std::size_t budget_count = rules_.budgets().size();
-  if (history_slots_.size() != budget_count) history_slots_.assign(budget_count, kUnresolved);
   // Each budget once (matches_ are ordered by budget), into the batch.
   for (std::size_t i = 0; i < matches_.size(); ++i) {
     const std::size_t budget = matches_[i].budget_index;
-    if (budget >= budget_count || (i > 0 && matches_[i - 1].budget_index == budget)) continue;
-    std::int32_t& slot = history_slots_[budget];
-    if (slot == kUnresolved) slot = history_->Resolve(rules_.budgets()[budget].name);
+    if (i > 0 && matches_[i - 1].budget_index == budget) continue;
+    const std::int32_t slot = HistorySlot(budget);
     if (slot != ViolationHistory::kNoSlot) {
       CountAdmittedInHistory(budget, slot, wall_now_us, statements);
     }
