@@ -77,7 +77,8 @@
 //   before taking the lock (result vectors are sized or reserved up front);
 //   the locked sections only walk the table and write into that memory.
 // - The header's capacity, layout offsets and hash seed never change after
-//   Initialize and are read without any lock.
+//   Initialize and are read without any lock (each BucketTable keeps a copy
+//   of the layout from when it attached, so statements do not read them).
 #include "traffic_control/bucket_table.hpp"
 
 #include <algorithm>
