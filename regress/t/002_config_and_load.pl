@@ -4,8 +4,9 @@
 #   rejected: the last good configuration stays in force (the budget still
 #   refuses) and the server log names the item and the field.
 # - LOAD 'traffic_control' in a server that did not preload it fails.
-# - The postmaster builds the rule set once at startup and new sessions use
-#   it; after a reload, sessions build the new one.
+# - The postmaster builds the rule set once at startup (and logs a skipped
+#   rule once) and new sessions use it; after a reload, sessions build the
+#   new one.
 #
 # Every wait is bounded (30 s).
 use strict;
@@ -166,9 +167,10 @@ $preload->append_conf(
 shared_preload_libraries = 'traffic_control'
 log_min_messages = debug1
 traffic_control.budgets = '$good_budgets'
-traffic_control.rules = '[{"name":"tap_one","budget":"tap_one","match":{"test":"one"}}]'
+traffic_control.rules = '[{"name":"tap_one","budget":"tap_one","match":{"test":"one"}},{"name":"stray","budget":"no_such_budget","match":{"test":"stray"}}]'
 });
 $preload->start;
+my $stray = qr/traffic_control: rule "stray": budget "no_such_budget" does not exist; rule skipped/;
 
 # How many processes have built a rule set so far (DEBUG1 log lines).
 sub builds
@@ -188,6 +190,8 @@ is(builds(), 1, 'startup: the postmaster builds the rule set once');
 is(try_tagged_on_preload(), 'admitted', "new session $_: the rule set applies")
   for 1 .. 3;
 is(builds(), 1, 'new sessions start with the postmaster\'s rule set');
+my @stray_lines = slurp_file($preload->logfile) =~ /$stray/g;
+is(scalar @stray_lines, 1, 'a rule skipped at startup is logged once, by the postmaster');
 
 $preload->append_conf('postgresql.conf',
 	q{traffic_control.budgets = '[{"name":"tap_one","mode":"enforce","max_concurrent":0}]'}
