@@ -77,7 +77,6 @@ struct Holding {
   static constexpr std::uint32_t kUntrackedSlot = UINT32_MAX;
 
   std::uint32_t slot = 0;
-  std::uint64_t key_hash = 0;
   std::uint32_t weight = 0;
   double charged_seconds = 0;  // debt charged at admission (the prediction)
   // The entry's generation when admitted: it changes whenever the entry

@@ -855,8 +855,7 @@ void DecideUnderSpinlocks(const TableView& table, const std::vector<AdmissionReq
       const AdmissionRequest& request = requests[i];
       if (slots[i] == kNoSlot) {
         ++result->untracked;
-        result->holdings.push_back(
-            Holding{Holding::kUntrackedSlot, pending[i].hash, request.weight, 0});
+        result->holdings.push_back(Holding{Holding::kUntrackedSlot, request.weight, 0});
         continue;
       }
       BucketState& state = table.entries[slots[i]].state;
@@ -867,9 +866,8 @@ void DecideUnderSpinlocks(const TableView& table, const std::vector<AdmissionReq
       double charged = 0;
       if (state.drain_per_second >= 0) charged = pending[i].predicted.value_or(0.0);
       state.debt += charged;
-      result->holdings.push_back(Holding{static_cast<std::uint32_t>(slots[i]), pending[i].hash,
-                                         request.weight, charged,
-                                         table.entries[slots[i]].generation});
+      result->holdings.push_back(Holding{static_cast<std::uint32_t>(slots[i]), request.weight,
+                                         charged, table.entries[slots[i]].generation});
     }
   }
 }
@@ -1003,9 +1001,10 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
   // The fast path: every instance exists. Found without the table lock (at
   // the hinted entries, or else by probing the index) and confirmed under the
   // entries' spinlocks, so backends only meet on the entries they share.
+  // In use, a generation is never 0: a hint of 0 names nothing.
   bool hinted = true;
   for (std::size_t i = 0; i < count && hinted; ++i) {
-    hinted = requests[i].hint_slot < capacity_;
+    hinted = requests[i].hint_slot < capacity_ && requests[i].hint_generation != 0;
     slots[i] = hinted ? static_cast<std::int32_t>(requests[i].hint_slot) : kNoSlot;
   }
   bool all_found = true;
@@ -1018,9 +1017,7 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
     bool confirmed = true;
     for (std::size_t i = 0; i < count && confirmed; ++i) {
       const BucketEntry& entry = table.entries[slots[i]];
-      // In use, a generation is never 0 (a hint of 0 names nothing).
-      confirmed = hinted ? requests[i].hint_generation != 0 &&
-                               entry.generation == requests[i].hint_generation
+      confirmed = hinted ? entry.generation == requests[i].hint_generation
                          : SameKey(entry, pending[i].hash, requests[i]);
     }
     if (confirmed) {
