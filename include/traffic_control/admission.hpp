@@ -90,8 +90,7 @@ class AdmissionController {
   // shim always attaches one).
   void AttachTable(BucketTable* table) {
     table_ = table;
-    match_hashes_.clear();  // they and the entries are the table's
-    match_entries_.clear();
+    match_instances_.clear();  // they are the table's
   }
   // The estimator's pattern table; without one predictions are unknown.
   void AttachPatterns(PatternTable* patterns) { patterns_ = patterns; }
@@ -259,18 +258,18 @@ class AdmissionController {
   // The metadata matches_ was matched from (valid until the rules change).
   Metadata matched_metadata_;
   bool matched_metadata_valid_ = false;
-  // Follow from matches_ alone: a budget among them has a cost limit; the
-  // table's InstanceHash of each (empty until computed for this table).
+  // Follow from matches_ alone: a budget among them has a cost limit; per
+  // match, what the attached table said of its instance (empty until
+  // computed for this table): its InstanceHash, and where the last admission
+  // held it (the Holding's slot and generation, sent as a hint; kNoHint
+  // until an admission held every instance of the match).
   bool matches_have_cost_limit_ = false;
-  std::vector<std::uint64_t> match_hashes_;
-  // Where each of matches_ was held by the last admission (the Holdings'
-  // slot and generation), sent as hints; empty until an admission held them
-  // all.
-  struct EntryHint {
-    std::uint32_t slot;
-    std::uint64_t generation;
+  struct KnownInstance {
+    std::uint64_t key_hash = 0;
+    std::uint32_t slot = AdmissionRequest::kNoHint;
+    std::uint64_t generation = 0;
   };
-  std::vector<EntryHint> match_entries_;
+  std::vector<KnownInstance> match_instances_;
   std::vector<AdmissionRequest> requests_;
   AdmitResult admit_result_;
 };

@@ -86,8 +86,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
     FoldRepeats();                    // they are counts of the old matches_
     matched_metadata_valid_ = false;  // until matches_ and the rest agree again
     matches_.clear();
-    match_hashes_.clear();
-    match_entries_.clear();
+    match_instances_.clear();
     rules_.Match(metadata_, &matches_);
     // Predict only when a cost limit can use the prediction: the estimator's
     // table is shared memory, and most budgets only cap concurrency.
@@ -110,8 +109,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
 
   const std::uint32_t weight =
       1 + static_cast<std::uint32_t>(std::max(0, statement.parallel_workers));
-  const bool hashes_known = match_hashes_.size() == matches_.size();
-  const bool entries_known = match_entries_.size() == matches_.size();
+  const bool instances_known = match_instances_.size() == matches_.size();
   requests_.resize(matches_.size());
   for (std::size_t i = 0; i < matches_.size(); ++i) {
     const BudgetMatch& match = matches_[i];
@@ -122,15 +120,16 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
     request.weight = weight;
     request.predicted_seconds = *predicted;
     request.server_cores = statement.server_cores > 0 ? statement.server_cores : 1;
-    request.key_hash = hashes_known ? match_hashes_[i] : 0;
-    request.hint_slot = entries_known ? match_entries_[i].slot : AdmissionRequest::kNoHint;
-    request.hint_generation = entries_known ? match_entries_[i].generation : 0;
+    const KnownInstance known = instances_known ? match_instances_[i] : KnownInstance{};
+    request.key_hash = known.key_hash;
+    request.hint_slot = known.slot;
+    request.hint_generation = known.generation;
   }
-  if (!hashes_known && table_ != nullptr) {
+  if (!instances_known && table_ != nullptr) {
     // Once per new match (and table): the table's hash of each instance.
     for (AdmissionRequest& request : requests_) {
       request.key_hash = table_->InstanceHash(request);
-      match_hashes_.push_back(request.key_hash);
+      match_instances_.push_back(KnownInstance{request.key_hash});
     }
   }
   return true;
@@ -378,13 +377,10 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
   if (result.admitted) {
     // Hints for the next statement with the same match: every instance
     // tracked, one holding per request in order.
-    if (result.untracked == 0 && result.holdings.size() == requests_.size()) {
-      match_entries_.resize(requests_.size());
-      for (std::size_t i = 0; i < requests_.size(); ++i) {
-        match_entries_[i] = EntryHint{result.holdings[i].slot, result.holdings[i].generation};
-      }
-    } else {
-      match_entries_.clear();
+    const bool all_held = result.untracked == 0 && result.holdings.size() == requests_.size();
+    for (std::size_t i = 0; i < match_instances_.size(); ++i) {
+      match_instances_[i].slot = all_held ? result.holdings[i].slot : AdmissionRequest::kNoHint;
+      match_instances_[i].generation = all_held ? result.holdings[i].generation : 0;
     }
     decision.measure_cpu = has_cost_limit;
     const bool learn = has_cost_limit && patterns_ != nullptr && query_id != 0;
