@@ -5,7 +5,7 @@
  * reset().
  *
  * Enforcement needs none of this: it works from shared_preload_libraries
- * alone (src/traffic_control.c). These functions only read the shared tables
+ * alone (src/hooks.c). These functions only read the shared tables
  * (reset() zeroes counters) through the C ABI of the core. Every core call
  * goes through TC_SQL_CALL: the core returns false instead of throwing, and
  * the error is raised here, after no C++ frame is live. The rows the core
@@ -61,7 +61,7 @@ PG_FUNCTION_INFO_V1(traffic_control_reset_1_0);
 #define VIOLATION_HISTORY_COLUMNS 7
 #define EXPLAIN_COLUMNS 9
 
-/* As TC_CALL in traffic_control.c: raise only after the core returned. */
+/* As TC_CALL (traffic_control.h): raise only after the core returned. */
 #define TC_SQL_CALL(call) \
 	do { \
 		if (!(call)) \

@@ -1,17 +1,32 @@
 /*
- * traffic_control.h — what src/traffic_control.c shares with the other files
- * of the PostgreSQL shim (src/sql_functions.c, the SQL interface).
+ * traffic_control.h — what the files of the PostgreSQL shim share.
  *
- * These are internal to the library: hidden from the dynamic symbol table
- * (PostgreSQL 15 does not build modules with -fvisibility=hidden), so a
- * function of the same name in another loaded library can never take their
- * place.
+ * The shim is one file per concern:
+ *   hooks.c          _PG_init, the executor, utility and planner hooks, what
+ *                    counts as a statement
+ *   settings.c       GUC definitions and hooks, the rule set rebuilt between
+ *                    statements, server cores
+ *   shmem.c          the shared segment, its LWLocks and the core's lock ops
+ *   holdings.c       holding records, every release path, waiting for a slot
+ *   statement.c      built-in metadata, plan workers, the call into the core
+ *   reporting.c      NOTICE/ERROR text for the client, rate-limited log lines
+ *   sql_functions.c  the SQL interface (views, explain, reset)
+ * All decisions are made by the C++ core behind traffic_control/capi.h.
+ *
+ * These names are internal to the library: hidden from the dynamic symbol
+ * table (PostgreSQL 15 does not build modules with -fvisibility=hidden), so
+ * a function of the same name in another loaded library can never take
+ * their place.
  */
 #ifndef TRAFFIC_CONTROL_SHIM_H
 #define TRAFFIC_CONTROL_SHIM_H
 
+#include "executor/execdesc.h"
 #include "nodes/nodes.h"
 #include "nodes/plannodes.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
 
 #include "traffic_control/capi.h"
 
@@ -21,11 +36,52 @@
 #define TC_INTERNAL
 #endif
 
-/* The shared segment; NULL when the library was not preloaded. */
-extern TC_INTERNAL struct TcShared *tc_shared;
+/*
+ * The one way a core failure becomes a PostgreSQL error: the core call has
+ * returned (no C++ frame is live) before ereport runs.
+ */
+#define TC_CALL(call) \
+	do { \
+		if (!(call)) \
+			ereport(ERROR, \
+					(errcode(ERRCODE_INTERNAL_ERROR), \
+					 errmsg_internal("%s", tc_last_error()))); \
+	} while (0)
 
-/* Attaches the core to the shared segment (tc_shared must be set). */
-extern TC_INTERNAL void ensure_core_attached(void);
+/* The same for cleanup paths, where raising an ERROR would recurse. */
+#define TC_CALL_QUIET(call) \
+	do { \
+		if (!(call)) \
+			elog(WARNING, "%s", tc_last_error()); \
+	} while (0)
+
+/* ---- settings.c ---- */
+
+typedef enum TcTrack
+{
+	TC_TRACK_TOP,
+	TC_TRACK_ALL
+} TcTrack;
+
+/* traffic_control.log_level = off */
+#define TC_LOG_OFF (-1)
+
+extern TC_INTERNAL bool tc_enabled;
+extern TC_INTERNAL char *tc_rules;
+extern TC_INTERNAL char *tc_budgets;
+extern TC_INTERNAL int tc_max_buckets;
+extern TC_INTERNAL int tc_max_patterns;
+extern TC_INTERNAL char *tc_message_prefix;
+extern TC_INTERNAL int tc_track;
+extern TC_INTERNAL bool tc_track_utility;
+extern TC_INTERNAL int tc_log_level;
+extern TC_INTERNAL int tc_log_max_per_second;
+
+/* The loaded rule set has no rule (asked on every statement). */
+extern TC_INTERNAL bool tc_config_is_empty;
+
+/* Defines the GUCs (from _PG_init). */
+extern TC_INTERNAL void define_settings(void);
 
 /*
  * Rebuilds this backend's rule set when traffic_control.rules or .budgets
@@ -38,6 +94,69 @@ extern TC_INTERNAL void maybe_reload_config(void);
 /* traffic_control.server_cores, or the number of online CPUs when it is 0. */
 extern TC_INTERNAL double effective_server_cores(void);
 
+/* ---- shmem.c ---- */
+
+typedef struct TcShared
+{
+	LWLock	   *bucket_lock;	/* protects the bucket table */
+	LWLock	   *pattern_lock;	/* protects the estimator's pattern table */
+	ConditionVariable slot_freed;	/* broadcast when a slot is released */
+	slock_t		mutex;			/* protects reported_config_hash and log_* */
+	uint32		reported_config_hash;	/* config whose problems were logged */
+	/* Cluster-wide rate limit of the refusal and warning log lines: */
+	int64		log_window;		/* the wall-clock second being counted */
+	int			log_window_lines;	/* lines logged in that second */
+	int64		log_suppressed; /* lines suppressed since the last one logged */
+	Size		core_size;
+	/* the core's tables follow, on a cache line */
+} TcShared;
+
+/* The shared segment; NULL when the library was not preloaded. */
+extern TC_INTERNAL TcShared *tc_shared;
+
+/* Installs the shared memory hooks (from _PG_init). */
+extern TC_INTERNAL void install_shmem_hooks(void);
+
+/* Attaches the core to the shared segment (tc_shared must be set). */
+extern TC_INTERNAL void ensure_core_attached(void);
+
+/* Is this process attached to the core's tables? */
+extern TC_INTERNAL bool core_attached(void);
+
+/* ---- holdings.c ---- */
+
+/* Installs the release callbacks (from _PG_init). */
+extern TC_INTERNAL void register_release_callbacks(void);
+
+/* Makes room for one more record before any slot is taken. */
+extern TC_INTERNAL void reserve_held_record(void);
+
+/* Records an executor holding (token != 0) made room for by reserve_held_record. */
+extern TC_INTERNAL void record_holding(int64 token, QueryDesc *query, double cpu_start);
+
+/* Releases a query's holdings (ExecutorEnd). */
+extern TC_INTERNAL void release_query(QueryDesc *query);
+
+/* Releases a token that is not recorded (a utility statement's). */
+extern TC_INTERNAL void release_token(int64 token, double cpu_start, bool completed);
+
+/* Notes one ExecutorRun of a query (does it teach the estimator?). */
+extern TC_INTERNAL void note_run(QueryDesc *query, uint64 count);
+
+/* Holdings recorded and not yet released. */
+extern TC_INTERNAL int held_count;
+
+/*
+ * Waits for a slot after a first attempt said TC_MUST_WAIT; *admission
+ * receives the last attempt's outcome.
+ */
+extern TC_INTERNAL void wait_for_admission(tc_statement *statement, tc_admission *admission);
+
+/* Process CPU time (user + system) in seconds; <0 when unknown. */
+extern TC_INTERNAL double cpu_seconds_now(void);
+
+/* ---- statement.c ---- */
+
 /* Planned parallel workers of a statement (all its Gather nodes). */
 extern TC_INTERNAL int statement_workers(PlannedStmt *pstmt);
 
@@ -46,6 +165,34 @@ extern TC_INTERNAL const char *command_name(CmdType command);
 
 /* Fills the built-in metadata of the current session and role. */
 extern TC_INTERNAL void fill_builtins(tc_statement *statement);
+
+/* The current role's name, as fill_builtins last saw it. */
+extern TC_INTERNAL const char *current_user_name(void);
+
+/* Unix epoch microseconds. */
+extern TC_INTERNAL int64 unix_now_us(void);
+
+/*
+ * Decides one statement. Returns the holding token (0 when nothing is held)
+ * and sets *cpu_start when the statement's CPU time must be measured, or
+ * raises the refusal. Waits for a slot when a budget has a queue timeout.
+ */
+extern TC_INTERNAL int64 admit_statement(const char *source, int location, int length,
+										 const char *command, uint64 query_id, int workers,
+										 double plan_cost, double *cpu_start);
+
+/* ---- reporting.c ---- */
+
+/* Installs the emit_log_hook (from _PG_init). */
+extern TC_INTERNAL void install_log_hook(void);
+
+/*
+ * Logs the decision's warnings and refusal (rate-limited), sends its NOTICEs
+ * and raises its refusal.
+ */
+extern TC_INTERNAL void report_admission(const tc_admission *admission);
+
+/* ---- hooks.c ---- */
 
 /* Utility statements that are never admitted themselves. */
 extern TC_INTERNAL bool is_pass_through_utility(Node *statement);

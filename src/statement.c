@@ -1,0 +1,234 @@
+/*
+ * statement.c — one statement's way into the core: its built-in metadata
+ * (role, database, client address, application_name, command, query id),
+ * its planned parallel workers, and the call to tc_admit.
+ *
+ * The role's and the database's names are looked up once and cached; the
+ * client address is formatted once per connection.
+ *
+ * Locking: none here (the core takes its own).
+ */
+#include "postgres.h"
+
+#include <sys/socket.h>
+
+#include "commands/dbcommands.h"
+#include "common/ip.h"
+#include "libpq/libpq-be.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "traffic_control.h"
+
+/* Cached built-ins. */
+static Oid	cached_user_id = InvalidOid;
+static char cached_user_name[NAMEDATALEN];
+static char *cached_database = NULL;
+static bool remote_address_known = false;
+static char remote_address[NI_MAXHOST];
+static bool has_remote_address = false;
+
+const char *
+command_name(CmdType command)
+{
+	switch (command)
+	{
+		case CMD_SELECT:
+			return "select";
+		case CMD_INSERT:
+			return "insert";
+		case CMD_UPDATE:
+			return "update";
+		case CMD_DELETE:
+			return "delete";
+		case CMD_MERGE:
+			return "merge";
+		default:
+			return "utility";
+	}
+}
+
+static int
+plan_workers(Plan *plan)
+{
+	int			workers = 0;
+	ListCell   *cell;
+	List	   *children = NIL;
+
+	if (plan == NULL)
+		return 0;
+	check_stack_depth();
+	switch (nodeTag(plan))
+	{
+		case T_Gather:
+			workers += ((Gather *) plan)->num_workers;
+			break;
+		case T_GatherMerge:
+			workers += ((GatherMerge *) plan)->num_workers;
+			break;
+		case T_Append:
+			children = ((Append *) plan)->appendplans;
+			break;
+		case T_MergeAppend:
+			children = ((MergeAppend *) plan)->mergeplans;
+			break;
+		case T_BitmapAnd:
+			children = ((BitmapAnd *) plan)->bitmapplans;
+			break;
+		case T_BitmapOr:
+			children = ((BitmapOr *) plan)->bitmapplans;
+			break;
+		case T_SubqueryScan:
+			workers += plan_workers(((SubqueryScan *) plan)->subplan);
+			break;
+		case T_CustomScan:
+			children = ((CustomScan *) plan)->custom_plans;
+			break;
+		default:
+			break;
+	}
+	foreach(cell, children)
+		workers += plan_workers((Plan *) lfirst(cell));
+	return workers + plan_workers(plan->lefttree) + plan_workers(plan->righttree);
+}
+
+int
+statement_workers(PlannedStmt *pstmt)
+{
+	int			workers;
+	ListCell   *cell;
+
+	if (!pstmt->parallelModeNeeded)
+		return 0;
+	workers = plan_workers(pstmt->planTree);
+	foreach(cell, pstmt->subplans)
+		workers += plan_workers((Plan *) lfirst(cell));
+	return workers;
+}
+
+void
+fill_builtins(tc_statement *statement)
+{
+	Oid			user_id = GetUserId();
+
+	if (user_id != cached_user_id)
+	{
+		char	   *name = GetUserNameFromId(user_id, true);
+
+		strlcpy(cached_user_name, name ? name : "", sizeof(cached_user_name));
+		cached_user_id = user_id;
+	}
+	statement->username = cached_user_name[0] ? cached_user_name : NULL;
+
+	if (cached_database == NULL && OidIsValid(MyDatabaseId))
+	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		if (name)
+			cached_database = MemoryContextStrdup(TopMemoryContext, name);
+	}
+	statement->database = cached_database;
+
+	if (!remote_address_known)
+	{
+		remote_address_known = true;
+		if (MyProcPort != NULL &&
+			(MyProcPort->raddr.addr.ss_family == AF_INET ||
+			 MyProcPort->raddr.addr.ss_family == AF_INET6) &&
+			pg_getnameinfo_all(&MyProcPort->raddr.addr, MyProcPort->raddr.salen,
+							   remote_address, sizeof(remote_address), NULL, 0,
+							   NI_NUMERICHOST) == 0)
+		{
+			char	   *scope = strchr(remote_address, '%');
+
+			if (scope)
+				*scope = '\0';	/* fe80::1%eth0: the zone is not part of the address */
+			has_remote_address = true;
+		}
+	}
+	statement->remote_address = has_remote_address ? remote_address : NULL;
+	statement->application_name = application_name;
+}
+
+const char *
+current_user_name(void)
+{
+	return cached_user_name;
+}
+
+int64
+unix_now_us(void)
+{
+	return GetCurrentTimestamp() +
+		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY);
+}
+
+/*
+ * Reading the process CPU clock is a system call (a few microseconds on a
+ * VM), as long as a whole cheap statement. So it is read for every statement
+ * whose cost is unknown or predicted at 0.5 ms of CPU or more, and for cheap
+ * ones at most once per TC_CHEAP_SAMPLE_INTERVAL_US of wall-clock time per
+ * backend: every cheap statement of a backend running a few per second, about
+ * one in 250 of one running 25,000 per second. That is enough to keep
+ * learning their k, and bounds the cost of measuring to about 100 pairs of
+ * clock reads per second and backend. An unmeasured statement keeps the debt
+ * it was charged at admission.
+ */
+#define TC_CHEAP_STATEMENT_SECONDS 0.0005
+#define TC_CHEAP_SAMPLE_INTERVAL_US 10000
+
+static bool
+worth_measuring(double predicted_seconds, int64 wall_now_us)
+{
+	static int64 last_cheap_sample_us = 0;
+
+	if (predicted_seconds < 0 || predicted_seconds >= TC_CHEAP_STATEMENT_SECONDS)
+		return true;
+	/* A clock stepped back counts as time passed: sample again at once. */
+	if (wall_now_us >= last_cheap_sample_us &&
+		wall_now_us - last_cheap_sample_us < TC_CHEAP_SAMPLE_INTERVAL_US)
+		return false;
+	last_cheap_sample_us = wall_now_us;
+	return true;
+}
+
+int64
+admit_statement(const char *source, int location, int length, const char *command,
+				uint64 query_id, int workers, double plan_cost, double *cpu_start)
+{
+	tc_statement statement;
+	tc_admission admission;
+
+	memset(&statement, 0, sizeof(statement));
+	if (source != NULL)
+	{
+		if (location < 0)
+			location = 0;
+		statement.text = source + location;
+		statement.text_len = length > 0 ? (size_t) length : strlen(source + location);
+	}
+	fill_builtins(&statement);
+	statement.command = command;
+	statement.query_id = (int64) query_id;
+	statement.has_query_id = query_id != UINT64CONST(0);
+	statement.parallel_workers = workers;
+	statement.plan_cost = plan_cost;
+	statement.server_cores = effective_server_cores();
+	statement.message_prefix = tc_message_prefix;
+	*cpu_start = -1;
+
+	reserve_held_record();
+
+	statement.wall_now_us = unix_now_us();
+	TC_CALL(tc_admit(&statement, TC_ATTEMPT_FIRST, &admission));
+	if (admission.outcome == TC_MUST_WAIT)
+		wait_for_admission(&statement, &admission);
+
+	report_admission(&admission);
+	if (admission.measure_cpu && admission.holding != 0 &&
+		worth_measuring(admission.predicted_seconds, statement.wall_now_us))
+		*cpu_start = cpu_seconds_now();
+	return admission.holding;
+}
