@@ -1,5 +1,5 @@
 /*
- * The one C ABI between the PostgreSQL shim (src/*.c) and the C++ core.
+ * The one C ABI between the PostgreSQL shim (the C files of src/) and the C++ core.
  *
  * Every function is implemented in src/core/capi.cpp behind one guard that
  * catches every C++ exception: a function that can fail returns false and
