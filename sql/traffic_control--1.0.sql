@@ -6,8 +6,37 @@
 -- with a newer library until ALTER EXTENSION traffic_control UPDATE.
 \echo Use "CREATE EXTENSION traffic_control" to load this file. \quit
 
--- The schema is created with the extension (traffic_control.control). Its
--- objects carry their own privileges; USAGE alone grants nothing.
+-- The schema is created with the extension (traffic_control.control). A
+-- schema of that name that existed before is refused: its owner, or anyone
+-- it lets create objects there, could replace the extension's objects (and
+-- what is exempt from admission as the control plane). A schema CREATE
+-- EXTENSION has just made is owned by the installing role, has default
+-- privileges and holds nothing.
+DO $$
+DECLARE
+  schema_oid oid := '@extschema@'::regnamespace;
+BEGIN
+  IF (SELECT nspowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+             OR nspacl IS NOT NULL
+        FROM pg_namespace WHERE oid = schema_oid)
+     OR EXISTS (SELECT FROM pg_class WHERE relnamespace = schema_oid)
+     OR EXISTS (SELECT FROM pg_proc WHERE pronamespace = schema_oid)
+     OR EXISTS (SELECT FROM pg_type WHERE typnamespace = schema_oid)
+     OR EXISTS (SELECT FROM pg_operator WHERE oprnamespace = schema_oid)
+     OR EXISTS (SELECT FROM pg_collation WHERE collnamespace = schema_oid)
+     OR EXISTS (SELECT FROM pg_conversion WHERE connamespace = schema_oid)
+     OR EXISTS (SELECT FROM pg_opfamily WHERE opfnamespace = schema_oid)
+     OR EXISTS (SELECT FROM pg_ts_config WHERE cfgnamespace = schema_oid)
+     OR EXISTS (SELECT FROM pg_ts_dict WHERE dictnamespace = schema_oid)
+  THEN
+    RAISE EXCEPTION 'schema "@extschema@" existed before CREATE EXTENSION traffic_control'
+      USING ERRCODE = 'duplicate_schema',
+            HINT = 'Drop or rename that schema (its owner could replace the extension''s objects), then create the extension.';
+  END IF;
+END
+$$;
+
+-- Its objects carry their own privileges; USAGE alone grants nothing.
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
 
 -- ---- budget_status -------------------------------------------------------

@@ -5,14 +5,23 @@
  * Slot release
  * ------------
  * A statement that takes slots gets one holding token. The token is recorded
- * here with the QueryDesc (executor) or kept by the utility hook, with the
- * resource owner that was current at admission. It is released by the first
- * of: ExecutorEnd; the release of that resource owner (ERROR, cancel,
- * statement_timeout, subtransaction rollback, a portal dropped late); the end
- * of the transaction (safety net for executor holdings); PG_CATCH around a
- * utility statement; and a before_shmem_exit callback (FATAL, terminate,
- * disconnect). The core ignores a token that was already released, so a
- * second attempt is harmless. A crash-restart formats the table anew.
+ * here the moment it is granted, before anything that can fail (a NOTICE, a
+ * log line), with the QueryDesc (executor) or the utility statement's
+ * nesting level, and the resource owner that was current at admission. It
+ * is released by the first of: ExecutorEnd; the release of that resource
+ * owner (ERROR, cancel, statement_timeout, subtransaction rollback, a portal
+ * dropped late); the end of the transaction (safety net for executor
+ * holdings); PG_CATCH around a utility statement; and a before_shmem_exit
+ * callback (FATAL, terminate, disconnect). Utility holdings ignore resource
+ * owners and transaction ends, since VACUUM and CREATE INDEX CONCURRENTLY
+ * commit transactions of their own while they run. The core ignores a token
+ * that was already released, so a second attempt is harmless. A
+ * crash-restart formats the table anew.
+ *
+ * A cursor that a function opens (nested, so not admitted under track = top)
+ * gets a pending record, without a token: the hooks admit it at its first
+ * top-level run (a FETCH, or a protocol Execute of the portal), and the
+ * pending record goes wherever the cursor's would.
  *
  * Locking: none of its own. Waiters sleep on TcShared.slot_freed, a
  * condition variable that every release which may admit a waiter
@@ -32,12 +41,22 @@
 
 #include "traffic_control.h"
 
+/*
+ * One record per statement that holds slots (token != 0), or per cursor
+ * opened by a function that is admitted at its first top-level fetch
+ * (pending, token 0).
+ */
 typedef struct TcHeld
 {
-	int64		token;
-	QueryDesc  *query;			/* executor holding */
+	int64		token;			/* 0 while pending */
+	QueryDesc  *query;			/* executor holding; NULL for a utility statement */
+	int			utility_level;	/* a utility statement's nesting level */
 	ResourceOwner owner;		/* current at admission */
-	double		cpu_start;		/* process CPU seconds at admission; <0: not measured */
+	bool		pending;		/* opened nested; admitted at its first top-level run */
+	bool		measured;		/* its CPU time is measured */
+	bool		running;		/* measured and between cpu_start and now */
+	double		cpu_start;		/* process CPU seconds when it last started running */
+	double		cpu_spent;		/* CPU seconds of its runs before that */
 	int			runs;			/* ExecutorRun calls so far */
 	bool		ran_whole;		/* one run, not cut short: the estimator may learn */
 } TcHeld;
@@ -72,17 +91,44 @@ reserve_held_record(void)
 	}
 }
 
-void
-record_holding(int64 token, QueryDesc *query, double cpu_start)
+static TcHeld *
+append_record(int64 token, QueryDesc *query, int utility_level)
 {
+	TcHeld	   *record;
+
 	Assert(held_count < held_capacity);
-	held[held_count].token = token;
-	held[held_count].query = query;
-	held[held_count].owner = CurrentResourceOwner;
-	held[held_count].cpu_start = cpu_start;
-	held[held_count].runs = 0;
-	held[held_count].ran_whole = false;
-	held_count++;
+	record = &held[held_count++];
+	record->token = token;
+	record->query = query;
+	record->utility_level = utility_level;
+	record->owner = CurrentResourceOwner;
+	record->pending = false;
+	record->measured = false;
+	record->running = false;
+	record->cpu_start = 0;
+	record->cpu_spent = 0;
+	record->runs = 0;
+	record->ran_whole = false;
+	return record;
+}
+
+void
+record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cpu)
+{
+	TcHeld	   *record = append_record(token, query, utility_level);
+
+	if (measure_cpu)
+	{
+		record->cpu_start = cpu_seconds_now();
+		record->measured = record->running = record->cpu_start >= 0;
+	}
+}
+
+void
+record_pending(QueryDesc *query)
+{
+	reserve_held_record();
+	append_record(0, query, 0)->pending = true;
 }
 
 double
@@ -95,33 +141,40 @@ cpu_seconds_now(void)
 	return (double) now.tv_sec + (double) now.tv_nsec / 1e9;
 }
 
-void
-release_token(int64 token, double cpu_start, bool completed)
+/* CPU seconds a record's statement used; <0 when not measured. */
+static double
+cpu_used(const TcHeld *record)
 {
-	bool		wake = false;
-	double		cpu_used = -1;
+	double		used = record->cpu_spent;
 
-	if (cpu_start >= 0)
+	if (!record->measured)
+		return -1;
+	if (record->running)
 	{
 		double		now = cpu_seconds_now();
 
-		if (now >= cpu_start)
-			cpu_used = now - cpu_start;
+		if (now < record->cpu_start)
+			return -1;
+		used += now - record->cpu_start;
 	}
-	TC_CALL_QUIET(tc_release(token, cpu_used, completed, &wake));
-	if (wake)
-		ConditionVariableBroadcast(&tc_shared->slot_freed);
+	return used;
 }
 
 static void
 release_record(int index, bool completed)
 {
 	TcHeld		record = held[index];
+	bool		wake = false;
 
 	/* Forget the record first: whatever happens next, it is released once. */
 	held[index] = held[held_count - 1];
 	held_count--;
-	release_token(record.token, record.cpu_start, completed && record.ran_whole);
+	if (record.token == 0)
+		return;
+	TC_CALL_QUIET(tc_release(record.token, cpu_used(&record), completed && record.ran_whole,
+							 &wake));
+	if (wake)
+		ConditionVariableBroadcast(&tc_shared->slot_freed);
 }
 
 void
@@ -132,6 +185,35 @@ release_query(QueryDesc *query)
 		if (held[i].query == query)
 			release_record(i, true);
 	}
+}
+
+void
+release_utility(int utility_level, bool completed)
+{
+	for (int i = held_count - 1; i >= 0; i--)
+	{
+		if (held[i].query == NULL && held[i].utility_level == utility_level)
+		{
+			/* A utility statement runs once, whole. */
+			held[i].ran_whole = completed;
+			release_record(i, completed);
+		}
+	}
+}
+
+bool
+take_pending(QueryDesc *query)
+{
+	for (int i = held_count - 1; i >= 0; i--)
+	{
+		if (held[i].query == query && held[i].pending)
+		{
+			held[i] = held[held_count - 1];
+			held_count--;
+			return true;
+		}
+	}
+	return false;
 }
 
 static void
@@ -154,6 +236,19 @@ release_executor_holdings(void)
 	}
 }
 
+void
+before_run(QueryDesc *query)
+{
+	for (int i = 0; i < held_count; i++)
+	{
+		if (held[i].query == query && held[i].measured && !held[i].running)
+		{
+			held[i].cpu_start = cpu_seconds_now();
+			held[i].running = held[i].cpu_start >= 0;
+		}
+	}
+}
+
 /*
  * Marks whether the statement's executor ran it whole in one run, the only
  * case that teaches the estimator what its pattern costs: one run, not cut
@@ -162,18 +257,32 @@ release_executor_holdings(void)
  * statements in between, would teach it too little or too much. A row limit
  * set through SPI (PL/pgSQL's SELECT INTO asks for 1 or 2 rows) is how the
  * function always runs that query, so that run teaches its cost as well.
+ *
+ * A run with a row limit may be followed by more (a cursor's fetches): its
+ * CPU clock stops here and starts again at the next run, so the statements
+ * run between two fetches are not charged to it.
  */
 void
-note_run(QueryDesc *query, uint64 count)
+after_run(QueryDesc *query, uint64 count)
 {
 	for (int i = 0; i < held_count; i++)
 	{
-		if (held[i].query != query)
+		TcHeld	   *record = &held[i];
+
+		if (record->query != query)
 			continue;
-		held[i].runs++;
-		held[i].ran_whole = held[i].runs == 1 &&
+		record->runs++;
+		record->ran_whole = record->runs == 1 &&
 			(count == 0 || query->estate->es_processed < count ||
 			 query->dest->mydest == DestSPI);
+		if (count != 0 && record->running)
+		{
+			double		now = cpu_seconds_now();
+
+			if (now >= record->cpu_start)
+				record->cpu_spent += now - record->cpu_start;
+			record->running = false;
+		}
 	}
 }
 

@@ -1,6 +1,6 @@
 /*
  * hooks.c — where PostgreSQL hands statements to traffic_control: _PG_init,
- * the executor and utility hooks, and what counts as a statement.
+ * the executor, utility and planner hooks, and what counts as a statement.
  *
  * A statement is admitted after planning, before execution: in ExecutorStart
  * for planned statements, in ProcessUtility for utility statements. Nested
@@ -9,17 +9,32 @@
  * traffic_control.track = all. Utility statements whose cost is an inner
  * query, or that must never be refused, pass through (is_pass_through_utility).
  *
+ * What the client runs is admitted once, wherever it executes: a cursor that
+ * a function opens is admitted at its first top-level run (holdings.c keeps
+ * it pending until then). Work PostgreSQL starts by itself is never admitted:
+ * statements run while planning (functions the planner evaluates), while a
+ * transaction commits (deferred triggers and foreign-key checks), and by any
+ * process that is not a client backend (autovacuum, walsenders, logical
+ * replication and other background workers, parallel workers). Nor is the
+ * control plane (is_control_plane). Every client backend applies a reload of
+ * the rules before its next top-level statement, whether or not it admits
+ * that statement.
+ *
  * Locking: none here. All decisions are made by the C++ core behind
  * include/traffic_control/capi.h; every call into it returns false instead of
  * throwing, and only then does the shim raise a PostgreSQL error (TC_CALL).
  */
 #include "postgres.h"
 
-#include "access/parallel.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "optimizer/planner.h"
+#include "tcop/pquery.h"
 #include "tcop/utility.h"
+#include "utils/fmgrprotos.h"
+#include "utils/portal.h"
 #include "utils/queryjumble.h"
 
 #include "traffic_control.h"
@@ -31,44 +46,130 @@ void		_PG_init(void);
 /* Executor nesting depth, as pg_stat_statements counts it. */
 static int	nesting_level = 0;
 
+/*
+ * Above 0 while PostgreSQL works on its own behalf: planning, or a
+ * transaction command (COMMIT runs deferred triggers). Nothing that runs
+ * then is a client statement.
+ */
+static int	server_work_level = 0;
+
+/*
+ * The statement a DECLARE, EXPLAIN, CREATE TABLE AS or COPY (query) at top
+ * level runs its inner query for: PostgreSQL 15 plans the inner query with
+ * no location of its own (0, length 0: the whole string), so in a string of
+ * several statements its tag is found in the outer statement's text.
+ */
+static const char *outer_text = NULL;
+static int	outer_location = 0;
+static int	outer_length = 0;
+
+static planner_hook_type prev_planner = NULL;
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 static ExecutorRun_hook_type prev_ExecutorRun = NULL;
 static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
 static ExecutorEnd_hook_type prev_ExecutorEnd = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
-/* Is this backend, at this depth, one that admits statements at all? */
+/* Deferred triggers run at commit with no executor level around them. */
+static bool
+in_trigger(void)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	return DatumGetInt32(pg_trigger_depth(fcinfo)) > 0;
+}
+
+/*
+ * Called as every statement starts: is it one the client runs (at any
+ * depth)? Between top-level statements the rule set is brought up to date
+ * first.
+ */
+static bool
+client_statement(void)
+{
+	if (tc_shared == NULL || MyBackendType != B_BACKEND || server_work_level > 0)
+		return false;
+	if (nesting_level == 0)
+	{
+		maybe_reload_config();
+		if (in_trigger())
+			return false;
+	}
+	return true;
+}
+
+/* Is this client statement, at this depth, one to admit? */
 static bool
 admission_active(void)
 {
-	if (!tc_enabled || tc_shared == NULL || IsParallelWorker())
+	if (!tc_enabled || tc_config_is_empty)
 		return false;
 	if (tc_track == TC_TRACK_TOP && nesting_level > 0)
-		return false;
-	if (nesting_level == 0)
-		maybe_reload_config();
-	if (tc_config_is_empty)
 		return false;
 	ensure_core_attached();
 	return true;
 }
 
+/* Is the portal being started a cursor (its query started, not yet run)? */
+static bool
+opening_cursor(void)
+{
+	return ActivePortal != NULL && ActivePortal->status == PORTAL_DEFINED &&
+		ActivePortal->strategy == PORTAL_ONE_SELECT && ActivePortal->queryDesc == NULL;
+}
+
+static void
+admit_query(QueryDesc *queryDesc)
+{
+	PlannedStmt *pstmt = queryDesc->plannedstmt;
+	int			location = pstmt->stmt_location;
+	int			length = pstmt->stmt_len;
+
+	if (is_control_plane(pstmt))
+		return;
+	if (outer_text != NULL && location <= 0 && length == 0 && queryDesc->sourceText != NULL &&
+		(queryDesc->sourceText == outer_text || strcmp(queryDesc->sourceText, outer_text) == 0))
+	{
+		location = outer_location;
+		length = outer_length;
+	}
+	admit_statement(queryDesc->sourceText, location, length, command_name(pstmt->commandType),
+					pstmt->queryId, statement_workers(pstmt),
+					pstmt->planTree ? pstmt->planTree->total_cost : -1, queryDesc, 0);
+}
+
+static PlannedStmt *
+tc_planner(Query *parse, const char *query_string, int cursor_options,
+		   ParamListInfo bound_params)
+{
+	PlannedStmt *result;
+
+	server_work_level++;
+	PG_TRY();
+	{
+		if (prev_planner)
+			result = prev_planner(parse, query_string, cursor_options, bound_params);
+		else
+			result = standard_planner(parse, query_string, cursor_options, bound_params);
+	}
+	PG_FINALLY();
+	{
+		server_work_level--;
+	}
+	PG_END_TRY();
+	return result;
+}
+
 static void
 tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
-	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0 && admission_active())
+	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0 && client_statement())
 	{
-		PlannedStmt *pstmt = queryDesc->plannedstmt;
-		int64		token;
-		double		cpu_start;
-
-		token = admit_statement(queryDesc->sourceText, pstmt->stmt_location, pstmt->stmt_len,
-								command_name(pstmt->commandType), pstmt->queryId,
-								statement_workers(pstmt),
-								pstmt->planTree ? pstmt->planTree->total_cost : -1,
-								&cpu_start);
-		if (token != 0)
-			record_holding(token, queryDesc, cpu_start);
+		if (admission_active())
+			admit_query(queryDesc);
+		else if (nesting_level > 0 && tc_enabled && opening_cursor())
+			record_pending(queryDesc);
 	}
 
 	if (prev_ExecutorStart)
@@ -77,9 +178,30 @@ tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 		standard_ExecutorStart(queryDesc, eflags);
 }
 
+/*
+ * A cursor a function opened, run for the first time at top level: admitted
+ * now, unless PostgreSQL is only materializing a holdable cursor at commit.
+ */
+static void
+admit_pending(QueryDesc *queryDesc)
+{
+	if (!take_pending(queryDesc))
+		return;
+	if (ActivePortal != NULL && ActivePortal->holdStore != NULL)
+		return;
+	if (client_statement() && admission_active())
+		admit_query(queryDesc);
+}
+
 static void
 tc_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
 {
+	if (held_count > 0)
+	{
+		if (nesting_level == 0)
+			admit_pending(queryDesc);
+		before_run(queryDesc);
+	}
 	nesting_level++;
 	PG_TRY();
 	{
@@ -94,7 +216,7 @@ tc_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool
 	}
 	PG_END_TRY();
 	if (held_count > 0)
-		note_run(queryDesc, count);
+		after_run(queryDesc, count);
 }
 
 static void
@@ -173,52 +295,102 @@ run_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 								queryEnv, dest, qc);
 }
 
+/* Does this pass-through statement run an inner query of its own text? */
+static bool
+runs_inner_query(Node *statement)
+{
+	switch (nodeTag(statement))
+	{
+		case T_DeclareCursorStmt:
+		case T_ExplainStmt:
+		case T_CreateTableAsStmt:
+		case T_CopyStmt:
+			return true;
+		default:
+			return false;
+	}
+}
+
 static void
 tc_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 				  ProcessUtilityContext context, ParamListInfo params,
 				  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *statement = pstmt->utilityStmt;
-	volatile int64 token = 0;
-	double		cpu_start = -1;
+	int			level = nesting_level;
+	bool		admitted = false;
 
 	if (is_pass_through_utility(statement))
 	{
-		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+		bool		server_work = IsA(statement, TransactionStmt);
+		bool		sets_outer = level == 0 && runs_inner_query(statement);
+
+		if (!server_work && !sets_outer)
+		{
+			/* EXECUTE, FETCH, SET ...: no bookkeeping of their own. */
+			if (level == 0 && server_work_level == 0 && tc_shared != NULL)
+				maybe_reload_config();
+			run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+			return;
+		}
+		if (server_work)
+			server_work_level++;
+		else
+		{
+			outer_text = queryString;
+			outer_location = pstmt->stmt_location;
+			outer_length = pstmt->stmt_len;
+		}
+		PG_TRY();
+		{
+			run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+		}
+		PG_FINALLY();
+		{
+			if (server_work)
+				server_work_level--;
+			else
+				outer_text = NULL;
+		}
+		PG_END_TRY();
 		return;
 	}
 
-	if (tc_track_utility && admission_active())
-		token = admit_statement(queryString, pstmt->stmt_location, pstmt->stmt_len, "utility",
-								pstmt->queryId, 0, -1, &cpu_start);
+	if (client_statement() && tc_track_utility && admission_active())
+		admitted = true;
 
-	nesting_level++;
 	PG_TRY();
 	{
+		if (admitted)
+			admit_statement(queryString, pstmt->stmt_location, pstmt->stmt_len, "utility",
+							pstmt->queryId, 0, -1, NULL, level);
+		nesting_level++;
 		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	}
 	PG_CATCH();
 	{
-		nesting_level--;
-		if (token != 0)
-			release_token(token, cpu_start, false);
+		nesting_level = level;
+		if (admitted)
+			release_utility(level, false);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	nesting_level--;
-	if (token != 0)
-		release_token(token, cpu_start, true);
+	nesting_level = level;
+	if (admitted)
+		release_utility(level, true);
 }
 
 void
 _PG_init(void)
 {
+	/*
+	 * Loaded any other way (LOAD, a function of the extension, pg_upgrade's
+	 * check of the libraries): no hooks and no settings, as
+	 * pg_stat_statements does; the extension's functions say what is
+	 * missing.
+	 */
 	if (!process_shared_preload_libraries_in_progress)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("traffic_control must be loaded via shared_preload_libraries"),
-				 errhint("Add traffic_control to shared_preload_libraries in postgresql.conf "
-						 "and restart the server.")));
+		return;
 
 	define_settings();
 
@@ -226,6 +398,8 @@ _PG_init(void)
 	EnableQueryId();
 
 	install_shmem_hooks();
+	prev_planner = planner_hook;
+	planner_hook = tc_planner;
 	prev_ExecutorStart = ExecutorStart_hook;
 	ExecutorStart_hook = tc_ExecutorStart;
 	prev_ExecutorRun = ExecutorRun_hook;

@@ -8,12 +8,17 @@
  * suppressed keeps its own ERROR out of the server log too, so an overload of
  * refusals cannot flood the log.
  *
+ * Text from clients (tag and `each` values, URL-decoded into any bytes) is
+ * made safe for the client's encoding before it is sent (client_safe): a
+ * message PostgreSQL cannot convert would fail as it is sent.
+ *
  * Locking: TcShared.mutex (a spinlock) guards the rate limit's window and
  * counts; only a count happens under it, and it is released before any elog.
  */
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/elog.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -182,6 +187,40 @@ log_admission(const tc_admission *admission)
 	return false;
 }
 
+/*
+ * The text as it can be sent to this client: as is when it is ASCII (valid
+ * in every encoding PostgreSQL supports), or valid text in the database
+ * encoding that the client also uses; otherwise every byte outside ASCII is
+ * written \xHH. A message that cannot be converted to the client encoding
+ * would fail while it is sent.
+ */
+static const char *
+client_safe(const char *text)
+{
+	const unsigned char *c;
+	StringInfoData escaped;
+	int			encoding = GetDatabaseEncoding();
+
+	if (text == NULL)
+		return NULL;
+	for (c = (const unsigned char *) text; *c != '\0' && *c < 0x80; c++)
+		;
+	if (*c == '\0')
+		return text;
+	if (encoding != PG_SQL_ASCII && pg_get_client_encoding() == encoding &&
+		pg_verifymbstr(text, strlen(text), true))
+		return text;
+	initStringInfo(&escaped);
+	for (c = (const unsigned char *) text; *c != '\0'; c++)
+	{
+		if (*c < 0x80)
+			appendStringInfoChar(&escaped, (char) *c);
+		else
+			appendStringInfo(&escaped, "\\x%02x", *c);
+	}
+	return escaped.data;
+}
+
 static void
 send_notices(const tc_admission *admission)
 {
@@ -191,9 +230,9 @@ send_notices(const tc_admission *admission)
 
 		ereport(NOTICE,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg_internal("%s", notice->message),
-				 errdetail_internal("%s", notice->detail),
-				 notice->hint ? errhint("%s", notice->hint) : 0));
+				 errmsg_internal("%s", client_safe(notice->message)),
+				 errdetail_internal("%s", client_safe(notice->detail)),
+				 notice->hint ? errhint("%s", client_safe(notice->hint)) : 0));
 	}
 }
 
@@ -205,12 +244,14 @@ report_admission(const tc_admission *admission)
 	send_notices(admission);
 	if (admission->outcome == TC_REFUSED)
 	{
+		const tc_report *refusal = &admission->refusal;
+
 		hide_next_refusal_from_log = refusal_log_suppressed;
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg_internal("%s", admission->refusal.message),
-				 errdetail_internal("%s", admission->refusal.detail),
-				 admission->refusal.hint ? errhint("%s", admission->refusal.hint) : 0));
+				 errmsg_internal("%s", client_safe(refusal->message)),
+				 errdetail_internal("%s", client_safe(refusal->detail)),
+				 refusal->hint ? errhint("%s", client_safe(refusal->hint)) : 0));
 	}
 }
 

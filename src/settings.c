@@ -7,6 +7,9 @@
  * the configuration dirty: every process rebuilds its rule set at its next
  * statement, never in the middle of one (maybe_reload_config).
  *
+ * The policy (rules and budgets: tenant names, address ranges, limits) is
+ * readable only by superusers and pg_read_all_settings (GUC_SUPERUSER_ONLY).
+ *
  * Locking: TcShared.mutex (a spinlock) guards reported_config_hash, so that
  * each distinct configuration's problems are logged once, not once per
  * backend; only a compare-and-store happens under it, and it is released
@@ -164,11 +167,11 @@ define_settings(void)
 							 &tc_enabled, true, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("traffic_control.rules",
 							   "Rules (JSON array) sorting statements into budgets.",
-							   NULL, &tc_rules, "[]", PGC_SIGHUP, 0,
+							   NULL, &tc_rules, "[]", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_rules, assign_config, NULL);
 	DefineCustomStringVariable("traffic_control.budgets",
 							   "Budgets (JSON array): limits for the traffic rules put in them.",
-							   NULL, &tc_budgets, "[]", PGC_SIGHUP, 0,
+							   NULL, &tc_budgets, "[]", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_budgets, assign_config, NULL);
 	DefineCustomRealVariable("traffic_control.server_cores",
 							 "CPU-seconds per second that make a full server (0 = online CPUs).",

@@ -6,18 +6,33 @@
  * The role's and the database's names are looked up once and cached; the
  * client address is formatted once per connection.
  *
+ * It also tells the control plane apart (is_control_plane): a statement that
+ * only reloads the configuration or reads and calls the extension's own
+ * objects is never admitted, so that an emergency configuration cannot lock
+ * the operator out of fixing it.
+ *
  * Locking: none here (the core takes its own).
  */
 #include "postgres.h"
 
 #include <sys/socket.h>
 
+#include "access/transam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_proc.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "common/ip.h"
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "traffic_control.h"
@@ -152,6 +167,199 @@ fill_builtins(tc_statement *statement)
 	statement->application_name = application_name;
 }
 
+/* ---- the control plane ---- */
+
+/* The extension's schema, looked up once per change of any schema. */
+static Oid	extension_schema = InvalidOid;
+static bool extension_schema_known = false;
+static bool schema_callback_registered = false;
+
+static void
+forget_extension_schema(Datum arg, int cacheid, uint32 hashvalue)
+{
+	extension_schema_known = false;
+}
+
+static Oid
+get_control_schema(void)
+{
+	if (!schema_callback_registered)
+	{
+		CacheRegisterSyscacheCallback(NAMESPACEOID, forget_extension_schema, (Datum) 0);
+		schema_callback_registered = true;
+	}
+	if (!extension_schema_known)
+	{
+		/* The control file fixes the schema, and the install script refuses
+		 * one that existed before. */
+		extension_schema = OidIsValid(get_extension_oid("traffic_control", true)) ?
+			get_namespace_oid("traffic_control", true) : InvalidOid;
+		extension_schema_known = true;
+	}
+	return extension_schema;
+}
+
+typedef struct ControlPlaneWalk
+{
+	Oid			schema;			/* the extension's schema; InvalidOid: not installed */
+	bool		touches_control_plane;	/* calls or reads one of ours, or pg_reload_conf */
+} ControlPlaneWalk;
+
+/*
+ * check_function_callback: true for a function the control plane may not
+ * call. Allowed: pg_reload_conf(), the extension's functions, and built-in
+ * functions that are neither volatile nor set-returning (comparisons,
+ * casts, aggregates, now()), so the work is bounded by the extension's own
+ * rows.
+ */
+static bool
+function_outside_control_plane(Oid function, void *context)
+{
+	ControlPlaneWalk *walk = (ControlPlaneWalk *) context;
+
+	if (function == F_PG_RELOAD_CONF)
+	{
+		walk->touches_control_plane = true;
+		return false;
+	}
+	if (function >= FirstNormalObjectId)
+	{
+		if (!OidIsValid(walk->schema) || get_func_namespace(function) != walk->schema)
+			return true;
+		walk->touches_control_plane = true;
+		return false;
+	}
+	return get_func_retset(function) || func_volatile(function) == PROVOLATILE_VOLATILE;
+}
+
+static bool
+expression_outside_control_plane(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, function_outside_control_plane, context))
+		return true;
+	return expression_tree_walker(node, expression_outside_control_plane, context);
+}
+
+/*
+ * Walks the plan shapes a query of the extension's views and functions
+ * takes; any other kind of plan node is not the control plane.
+ */
+static bool
+plan_outside_control_plane(Plan *plan, ControlPlaneWalk *walk)
+{
+	List	   *expressions = NIL;
+	List	   *children = NIL;
+	ListCell   *cell;
+
+	if (plan == NULL)
+		return false;
+	check_stack_depth();
+	switch (nodeTag(plan))
+	{
+		case T_Result:
+			expressions = list_make1(((Result *) plan)->resconstantqual);
+			break;
+		case T_FunctionScan:
+			expressions = ((FunctionScan *) plan)->functions;
+			break;
+		case T_SubqueryScan:
+			children = list_make1(((SubqueryScan *) plan)->subplan);
+			break;
+		case T_Limit:
+			expressions = list_make2(((Limit *) plan)->limitOffset, ((Limit *) plan)->limitCount);
+			break;
+		case T_Hash:
+			expressions = ((Hash *) plan)->hashkeys;
+			break;
+		case T_HashJoin:
+			expressions = list_concat(list_make1(((Join *) plan)->joinqual),
+									  ((HashJoin *) plan)->hashclauses);
+			break;
+		case T_MergeJoin:
+			expressions = list_concat(list_make1(((Join *) plan)->joinqual),
+									  ((MergeJoin *) plan)->mergeclauses);
+			break;
+		case T_NestLoop:
+			expressions = list_make1(((Join *) plan)->joinqual);
+			break;
+		case T_Append:
+			children = ((Append *) plan)->appendplans;
+			break;
+		case T_Agg:
+		case T_Sort:
+		case T_IncrementalSort:
+		case T_Unique:
+		case T_Material:
+			break;
+		default:
+			return true;
+	}
+	if (expression_outside_control_plane((Node *) plan->targetlist, walk) ||
+		expression_outside_control_plane((Node *) plan->qual, walk) ||
+		expression_outside_control_plane((Node *) expressions, walk))
+		return true;
+	foreach(cell, children)
+	{
+		if (plan_outside_control_plane((Plan *) lfirst(cell), walk))
+			return true;
+	}
+	return plan_outside_control_plane(plan->lefttree, walk) ||
+		plan_outside_control_plane(plan->righttree, walk);
+}
+
+bool
+is_control_plane(PlannedStmt *pstmt)
+{
+	ControlPlaneWalk walk;
+	ListCell   *cell;
+
+	if (pstmt->commandType != CMD_SELECT)
+		return false;
+	/* Cheap first: any table (the common case) is not the control plane. */
+	foreach(cell, pstmt->rtable)
+	{
+		RangeTblEntry *rte = lfirst_node(RangeTblEntry, cell);
+
+		switch (rte->rtekind)
+		{
+			case RTE_RELATION:
+				if (rte->relkind != RELKIND_VIEW)
+					return false;
+				break;
+			case RTE_FUNCTION:
+			case RTE_SUBQUERY:
+			case RTE_JOIN:
+			case RTE_RESULT:
+				break;
+			default:
+				return false;
+		}
+	}
+
+	walk.schema = get_control_schema();
+	walk.touches_control_plane = false;
+	foreach(cell, pstmt->rtable)
+	{
+		RangeTblEntry *rte = lfirst_node(RangeTblEntry, cell);
+
+		if (rte->rtekind != RTE_RELATION)
+			continue;
+		if (!OidIsValid(walk.schema) || get_rel_namespace(rte->relid) != walk.schema)
+			return false;
+		walk.touches_control_plane = true;
+	}
+	if (plan_outside_control_plane(pstmt->planTree, &walk))
+		return false;
+	foreach(cell, pstmt->subplans)
+	{
+		if (plan_outside_control_plane((Plan *) lfirst(cell), &walk))
+			return false;
+	}
+	return walk.touches_control_plane;
+}
+
 const char *
 current_user_name(void)
 {
@@ -194,9 +402,10 @@ worth_measuring(double predicted_seconds, int64 wall_now_us)
 	return true;
 }
 
-int64
+void
 admit_statement(const char *source, int location, int length, const char *command,
-				uint64 query_id, int workers, double plan_cost, double *cpu_start)
+				uint64 query_id, int workers, double plan_cost, QueryDesc *query,
+				int utility_level)
 {
 	tc_statement statement;
 	tc_admission admission;
@@ -217,7 +426,6 @@ admit_statement(const char *source, int location, int length, const char *comman
 	statement.plan_cost = plan_cost;
 	statement.server_cores = effective_server_cores();
 	statement.message_prefix = tc_message_prefix;
-	*cpu_start = -1;
 
 	reserve_held_record();
 
@@ -226,9 +434,10 @@ admit_statement(const char *source, int location, int length, const char *comman
 	if (admission.outcome == TC_MUST_WAIT)
 		wait_for_admission(&statement, &admission);
 
+	/* Held from here on, whatever reporting it does: a NOTICE can fail. */
+	if (admission.holding != 0)
+		record_holding(admission.holding, query, utility_level,
+					   admission.measure_cpu &&
+					   worth_measuring(admission.predicted_seconds, statement.wall_now_us));
 	report_admission(&admission);
-	if (admission.measure_cpu && admission.holding != 0 &&
-		worth_measuring(admission.predicted_seconds, statement.wall_now_us))
-		*cpu_start = cpu_seconds_now();
-	return admission.holding;
 }

@@ -131,17 +131,29 @@ extern TC_INTERNAL void register_release_callbacks(void);
 /* Makes room for one more record before any slot is taken. */
 extern TC_INTERNAL void reserve_held_record(void);
 
-/* Records an executor holding (token != 0) made room for by reserve_held_record. */
-extern TC_INTERNAL void record_holding(int64 token, QueryDesc *query, double cpu_start);
+/*
+ * Records a granted holding (token != 0) made room for by
+ * reserve_held_record: an executor holding (query != NULL) or a utility
+ * statement's at utility_level. With measure_cpu its CPU clock starts now.
+ */
+extern TC_INTERNAL void record_holding(int64 token, QueryDesc *query, int utility_level,
+									   bool measure_cpu);
+
+/* Records a cursor opened nested, to be admitted at its first top-level run. */
+extern TC_INTERNAL void record_pending(QueryDesc *query);
+
+/* Forgets a query's pending record; false when it has none. */
+extern TC_INTERNAL bool take_pending(QueryDesc *query);
 
 /* Releases a query's holdings (ExecutorEnd). */
 extern TC_INTERNAL void release_query(QueryDesc *query);
 
-/* Releases a token that is not recorded (a utility statement's). */
-extern TC_INTERNAL void release_token(int64 token, double cpu_start, bool completed);
+/* Releases the holding of the utility statement at this nesting level. */
+extern TC_INTERNAL void release_utility(int utility_level, bool completed);
 
-/* Notes one ExecutorRun of a query (does it teach the estimator?). */
-extern TC_INTERNAL void note_run(QueryDesc *query, uint64 count);
+/* Around each ExecutorRun of a query: its CPU clock, and what it teaches. */
+extern TC_INTERNAL void before_run(QueryDesc *query);
+extern TC_INTERNAL void after_run(QueryDesc *query, uint64 count);
 
 /* Holdings recorded and not yet released. */
 extern TC_INTERNAL int held_count;
@@ -173,13 +185,19 @@ extern TC_INTERNAL const char *current_user_name(void);
 extern TC_INTERNAL int64 unix_now_us(void);
 
 /*
- * Decides one statement. Returns the holding token (0 when nothing is held)
- * and sets *cpu_start when the statement's CPU time must be measured, or
- * raises the refusal. Waits for a slot when a budget has a queue timeout.
+ * Decides one statement and records what it holds (query != NULL: an
+ * executor holding; else a utility statement's at utility_level), or raises
+ * the refusal. Waits for a slot when a budget has a queue timeout.
  */
-extern TC_INTERNAL int64 admit_statement(const char *source, int location, int length,
-										 const char *command, uint64 query_id, int workers,
-										 double plan_cost, double *cpu_start);
+extern TC_INTERNAL void admit_statement(const char *source, int location, int length,
+										const char *command, uint64 query_id, int workers,
+										double plan_cost, QueryDesc *query, int utility_level);
+
+/*
+ * Is the statement only the control plane: reloading the configuration
+ * (pg_reload_conf) or reading and calling the extension's own objects?
+ */
+extern TC_INTERNAL bool is_control_plane(PlannedStmt *pstmt);
 
 /* ---- reporting.c ---- */
 

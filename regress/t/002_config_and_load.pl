@@ -3,7 +3,9 @@
 # - A bad traffic_control.budgets written to postgresql.conf and reloaded is
 #   rejected: the last good configuration stays in force (the budget still
 #   refuses) and the server log names the item and the field.
-# - LOAD 'traffic_control' in a server that did not preload it fails.
+# - In a server that did not preload it, LOAD 'traffic_control' succeeds and
+#   does nothing (pg_upgrade loads every library it finds), CREATE EXTENSION
+#   works and the extension's functions say how to load it.
 # - The postmaster builds the rule set once at startup (and logs a skipped
 #   rule once) and new sessions use it; after a reload, sessions build the
 #   new one.
@@ -215,11 +217,17 @@ $plain->init;
 $plain->start;
 my ($ret, $stdout, $stderr) =
   $plain->psql('postgres', q{LOAD 'traffic_control'}, timeout => $wait_seconds);
-isnt($ret, 0, 'LOAD without preloading fails');
+is($ret, 0, 'LOAD without preloading succeeds (as pg_stat_statements)');
+is($stderr, '', 'LOAD without preloading: nothing is raised');
+($ret, $stdout, $stderr) = $plain->psql(
+	'postgres',
+	q{CREATE EXTENSION traffic_control; SELECT * FROM traffic_control.budget_status},
+	timeout => $wait_seconds);
+isnt($ret, 0, 'a view without preloading fails');
 like(
 	$stderr,
-	qr/traffic_control must be loaded via shared_preload_libraries/,
-	'LOAD without preloading: the error says how to load it');
+	qr/traffic_control.budget_status needs traffic_control to be loaded via shared_preload_libraries/,
+	'a view without preloading: the error says how to load it');
 is($plain->safe_psql('postgres', 'SELECT 1'), '1',
 	'LOAD without preloading: the server keeps working');
 $plain->stop;
