@@ -135,8 +135,8 @@ admit_query(QueryDesc *queryDesc)
 		length = outer_length;
 	}
 	admit_statement(queryDesc->sourceText, location, length, command_name(pstmt->commandType),
-					pstmt->queryId, statement_workers(pstmt),
-					pstmt->planTree ? pstmt->planTree->total_cost : -1, queryDesc, 0);
+					pstmt->queryId, statement_workers(pstmt), admission_plan_cost(pstmt),
+					queryDesc, 0);
 }
 
 static PlannedStmt *
@@ -148,10 +148,8 @@ tc_planner(Query *parse, const char *query_string, int cursor_options,
 	server_work_level++;
 	PG_TRY();
 	{
-		if (prev_planner)
-			result = prev_planner(parse, query_string, cursor_options, bound_params);
-		else
-			result = standard_planner(parse, query_string, cursor_options, bound_params);
+		result = plan_with_trusted_cost(parse, query_string, cursor_options, bound_params,
+										prev_planner ? prev_planner : standard_planner);
 	}
 	PG_FINALLY();
 	{
@@ -412,4 +410,5 @@ _PG_init(void)
 	ProcessUtility_hook = tc_ProcessUtility;
 	install_log_hook();
 	register_release_callbacks();
+	remember_server_planner_settings();
 }

@@ -473,7 +473,7 @@ plan_statement(const char *query_string, tc_statement *statement)
 		/* As EXPLAIN: only a query the user may run is explained. */
 		ExecCheckRTPerms(pstmt->rtable, true);
 		statement->command = command_name(pstmt->commandType);
-		statement->plan_cost = pstmt->planTree ? pstmt->planTree->total_cost : -1;
+		statement->plan_cost = admission_plan_cost(pstmt);
 		statement->parallel_workers = statement_workers(pstmt);
 		query_id = pstmt->queryId;
 	}

@@ -8,7 +8,10 @@
  *                    statements, server cores
  *   shmem.c          the shared segment, its LWLocks and the core's lock ops
  *   holdings.c       holding records, every release path, waiting for a slot
- *   statement.c      built-in metadata, plan workers, the call into the core
+ *   statement.c      built-in metadata, plan workers, the call into the core,
+ *                    the control plane
+ *   plan_cost.c      the plan cost admission trusts (the server's planner
+ *                    settings, not the session's)
  *   reporting.c      NOTICE/ERROR text for the client, rate-limited log lines
  *   sql_functions.c  the SQL interface (views, explain, reset)
  * All decisions are made by the C++ core behind traffic_control/capi.h.
@@ -24,6 +27,7 @@
 #include "executor/execdesc.h"
 #include "nodes/nodes.h"
 #include "nodes/plannodes.h"
+#include "optimizer/planner.h"
 #include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
@@ -198,6 +202,24 @@ extern TC_INTERNAL void admit_statement(const char *source, int location, int le
  * (pg_reload_conf) or reading and calling the extension's own objects?
  */
 extern TC_INTERNAL bool is_control_plane(PlannedStmt *pstmt);
+
+/* ---- plan_cost.c ---- */
+
+/* Records the server's planner settings (from _PG_init, in the postmaster). */
+extern TC_INTERNAL void remember_server_planner_settings(void);
+
+/*
+ * Plans with `planner`; when the session's planner settings differ from the
+ * server's, also plans a copy under the server's and keeps that plan's cost
+ * with the result.
+ */
+extern TC_INTERNAL PlannedStmt *plan_with_trusted_cost(Query *parse, const char *query_string,
+													   int cursor_options,
+													   ParamListInfo bound_params,
+													   planner_hook_type planner);
+
+/* The total cost admission uses for a planned statement; <0 when none. */
+extern TC_INTERNAL double admission_plan_cost(PlannedStmt *pstmt);
 
 /* ---- reporting.c ---- */
 

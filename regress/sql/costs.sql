@@ -33,6 +33,31 @@ SELECT clock_timestamp() AS t1 \gset
 SELECT count(*) > 0 AS ran FROM tc_big WHERE id <= 400000 AND payload LIKE '%abc%' /*route='/reports'*/;
 SELECT extract(epoch FROM clock_timestamp() - :'t1') AS refusal_s \gset
 SELECT :refusal_s < :heavy_run_s / 4 AS refusal_costs_a_fraction_of_a_run;
+-- Session settings cannot buy admission: with every planner cost constant
+-- made tiny the session's plan costs nearly nothing, yet admission judges the
+-- plan the server's settings make, so the prediction and the refusal stay.
+CREATE EXTENSION traffic_control;
+SELECT predicted_seconds AS server_prediction FROM traffic_control.explain(
+  $q$SELECT count(*) FROM tc_big WHERE id <= 400000 AND payload LIKE '%abc%' /*route='/reports'*/$q$) \gset
+SET cpu_tuple_cost = 1e-9;
+SET cpu_operator_cost = 1e-9;
+SET seq_page_cost = 1e-9;
+SET random_page_cost = 1e-9;
+SET parallel_tuple_cost = 1e-9;
+SET parallel_setup_cost = 0;
+SELECT count(*) > 0 AS ran FROM tc_big WHERE id <= 400000 AND payload LIKE '%abc%' /*route='/reports'*/;
+SELECT abs(predicted_seconds - :server_prediction) <= 1e-6 * :server_prediction AS same_prediction
+  FROM traffic_control.explain(
+  $q$SELECT count(*) FROM tc_big WHERE id <= 400000 AND payload LIKE '%abc%' /*route='/reports'*/$q$);
+-- The session's settings are back as it set them after each statement.
+SHOW cpu_tuple_cost;
+RESET cpu_tuple_cost;
+RESET cpu_operator_cost;
+RESET seq_page_cost;
+RESET random_page_cost;
+RESET parallel_tuple_cost;
+RESET parallel_setup_cost;
+DROP EXTENSION traffic_control;
 -- The same pattern with a cheap plan (an index lookup) is predicted cheap and
 -- runs in the same budget.
 SELECT count(*) AS light FROM tc_big WHERE id <= 10 AND payload LIKE '%abc%' /*route='/reports'*/;
