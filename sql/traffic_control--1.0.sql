@@ -6,19 +6,21 @@
 -- with a newer library until ALTER EXTENSION traffic_control UPDATE.
 \echo Use "CREATE EXTENSION traffic_control" to load this file. \quit
 
--- The schema is created with the extension (traffic_control.control). A
--- schema of that name that existed before is refused: its owner, or anyone
--- it lets create objects there, could replace the extension's objects (and
--- what is exempt from admission as the control plane). A schema CREATE
--- EXTENSION has just made is owned by the installing role, has default
--- privileges and holds nothing.
+-- The schema is created with the extension (traffic_control.control), and
+-- stays when the extension is dropped. A schema of that name that a role
+-- other than a superuser owns, that holds objects, or in which a role other
+-- than its owner may create objects, is refused: that role could replace the
+-- extension's objects with its own.
 DO $$
 DECLARE
   schema_oid oid := '@extschema@'::regnamespace;
 BEGIN
-  IF (SELECT nspowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
-             OR nspacl IS NOT NULL
-        FROM pg_namespace WHERE oid = schema_oid)
+  IF (SELECT NOT r.rolsuper
+        FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+       WHERE n.oid = schema_oid)
+     OR EXISTS (SELECT FROM pg_namespace n, aclexplode(n.nspacl) a
+                 WHERE n.oid = schema_oid AND a.privilege_type = 'CREATE'
+                   AND a.grantee <> n.nspowner)
      OR EXISTS (SELECT FROM pg_class WHERE relnamespace = schema_oid)
      OR EXISTS (SELECT FROM pg_proc WHERE pronamespace = schema_oid)
      OR EXISTS (SELECT FROM pg_type WHERE typnamespace = schema_oid)
@@ -29,9 +31,10 @@ BEGIN
      OR EXISTS (SELECT FROM pg_ts_config WHERE cfgnamespace = schema_oid)
      OR EXISTS (SELECT FROM pg_ts_dict WHERE dictnamespace = schema_oid)
   THEN
-    RAISE EXCEPTION 'schema "@extschema@" existed before CREATE EXTENSION traffic_control'
+    RAISE EXCEPTION 'schema "@extschema@" is not fit for CREATE EXTENSION traffic_control'
       USING ERRCODE = 'duplicate_schema',
-            HINT = 'Drop or rename that schema (its owner could replace the extension''s objects), then create the extension.';
+            DETAIL = 'It is owned by a role that is not a superuser, holds objects, or lets another role create objects in it.',
+            HINT = 'Drop or rename that schema (whoever controls it could replace the extension''s objects), then create the extension.';
   END IF;
 END
 $$;

@@ -18,7 +18,7 @@
 #include <sys/socket.h>
 
 #include "access/transam.h"
-#include "catalog/namespace.h"
+#include "catalog/dependency.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_proc.h"
 #include "commands/dbcommands.h"
@@ -29,10 +29,8 @@
 #include "nodes/nodeFuncs.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
-#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "traffic_control.h"
@@ -169,41 +167,25 @@ fill_builtins(tc_statement *statement)
 
 /* ---- the control plane ---- */
 
-/* The extension's schema, looked up once per change of any schema. */
-static Oid	extension_schema = InvalidOid;
-static bool extension_schema_known = false;
-static bool schema_callback_registered = false;
-
-static void
-forget_extension_schema(Datum arg, int cacheid, uint32 hashvalue)
-{
-	extension_schema_known = false;
-}
-
-static Oid
-get_control_schema(void)
-{
-	if (!schema_callback_registered)
-	{
-		CacheRegisterSyscacheCallback(NAMESPACEOID, forget_extension_schema, (Datum) 0);
-		schema_callback_registered = true;
-	}
-	if (!extension_schema_known)
-	{
-		/* The control file fixes the schema, and the install script refuses
-		 * one that existed before. */
-		extension_schema = OidIsValid(get_extension_oid("traffic_control", true)) ?
-			get_namespace_oid("traffic_control", true) : InvalidOid;
-		extension_schema_known = true;
-	}
-	return extension_schema;
-}
-
 typedef struct ControlPlaneWalk
 {
-	Oid			schema;			/* the extension's schema; InvalidOid: not installed */
+	bool		extension_known;	/* extension looked up (once per walk) */
+	Oid			extension;		/* traffic_control's OID; InvalidOid: not installed */
 	bool		touches_control_plane;	/* calls or reads one of ours, or pg_reload_conf */
 } ControlPlaneWalk;
+
+/* Is the object a member of the traffic_control extension? */
+static bool
+extension_member(ControlPlaneWalk *walk, Oid class_id, Oid object_id)
+{
+	if (!walk->extension_known)
+	{
+		walk->extension = get_extension_oid("traffic_control", true);
+		walk->extension_known = true;
+	}
+	return OidIsValid(walk->extension) &&
+		getExtensionOfObject(class_id, object_id) == walk->extension;
+}
 
 /*
  * check_function_callback: true for a function the control plane may not
@@ -224,7 +206,7 @@ function_outside_control_plane(Oid function, void *context)
 	}
 	if (function >= FirstNormalObjectId)
 	{
-		if (!OidIsValid(walk->schema) || get_func_namespace(function) != walk->schema)
+		if (!extension_member(walk, ProcedureRelationId, function))
 			return true;
 		walk->touches_control_plane = true;
 		return false;
@@ -338,7 +320,7 @@ is_control_plane(PlannedStmt *pstmt)
 		}
 	}
 
-	walk.schema = get_control_schema();
+	walk.extension_known = false;
 	walk.touches_control_plane = false;
 	foreach(cell, pstmt->rtable)
 	{
@@ -346,7 +328,7 @@ is_control_plane(PlannedStmt *pstmt)
 
 		if (rte->rtekind != RTE_RELATION)
 			continue;
-		if (!OidIsValid(walk.schema) || get_rel_namespace(rte->relid) != walk.schema)
+		if (!extension_member(&walk, RelationRelationId, rte->relid))
 			return false;
 		walk.touches_control_plane = true;
 	}
