@@ -17,6 +17,7 @@
  */
 #include "postgres.h"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include "common/hashfn.h"
@@ -52,6 +53,9 @@ int			tc_track = TC_TRACK_TOP;
 bool		tc_track_utility = true;
 int			tc_log_level = LOG;
 int			tc_log_max_per_second = 10;
+
+/* What server_cores = 0 means here; 0 = not worked out yet (see below). */
+static double usable_cpus = 0;
 
 /* Set by the assign hooks; the rule set is rebuilt between statements. */
 static bool config_dirty = true;
@@ -116,6 +120,7 @@ maybe_reload_config(void)
 	if (!config_dirty)
 		return;
 	config_dirty = false;
+	usable_cpus = 0;			/* worked out again at its next use */
 	reported_problem_count = 0;
 	if (!tc_load_config(tc_budgets, tc_rules, collect_problem))
 	{
@@ -142,20 +147,36 @@ maybe_reload_config(void)
 	}
 }
 
+/*
+ * What server_cores = 0 means: the CPUs this process may use. A cgroup CPU
+ * quota where one is set (a container's --cpus, systemd's CPUQuota=), else
+ * the CPUs it may run on (its affinity mask, within the online ones).
+ * Worked out once per process and again after every reload (a quota can be
+ * changed while the server runs).
+ */
+static double
+find_usable_cpus(void)
+{
+	double		quota = tc_cgroup_cpu_quota();
+	cpu_set_t	mask;
+	long		online = sysconf(_SC_NPROCESSORS_ONLN);
+	double		cpus = online > 0 ? (double) online : 1;
+
+	if (sched_getaffinity(0, sizeof(mask), &mask) == 0 && CPU_COUNT(&mask) > 0)
+		cpus = Min(cpus, (double) CPU_COUNT(&mask));
+	if (quota > 0)
+		cpus = Min(cpus, quota);
+	return cpus;
+}
+
 double
 effective_server_cores(void)
 {
-	static double online_cpus = 0;
-
 	if (tc_server_cores > 0)
 		return tc_server_cores;
-	if (online_cpus <= 0)
-	{
-		long		n = sysconf(_SC_NPROCESSORS_ONLN);
-
-		online_cpus = n > 0 ? (double) n : 1;
-	}
-	return online_cpus;
+	if (usable_cpus <= 0)
+		usable_cpus = find_usable_cpus();
+	return usable_cpus;
 }
 
 void
@@ -174,7 +195,7 @@ define_settings(void)
 							   NULL, &tc_budgets, "[]", PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_budgets, assign_config, NULL);
 	DefineCustomRealVariable("traffic_control.server_cores",
-							 "CPU-seconds per second that make a full server (0 = online CPUs).",
+							 "CPU-seconds per second that make a full server (0 = the CPUs the server may use: its cgroup quota, else its CPUs).",
 							 NULL, &tc_server_cores, 0, 0, 1000000, PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 	DefineCustomIntVariable("traffic_control.max_buckets",

@@ -34,6 +34,13 @@ bool tc_load_config(const char *budgets_json, const char *rules_json, tc_report_
 /* True when no rule can match: the per-statement fast path. Cannot fail. */
 bool tc_config_empty(void);
 
+/*
+ * The CPU quota (cores) the process's cgroups set, read from
+ * /proc/self/cgroup and /sys/fs/cgroup; 0 when there is none or it cannot
+ * be read. Cannot fail.
+ */
+double tc_cgroup_cpu_quota(void);
+
 /* ---- shared state (PostgreSQL shared memory) ----
  * One block holding the bucket table (max_buckets budget instances), the
  * estimator's pattern table (max_patterns query patterns), the rule counters

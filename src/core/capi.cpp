@@ -9,8 +9,10 @@
 
 #include <cstring>
 #include <exception>
+#include <fstream>
 #include <memory>
 #include <new>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -21,6 +23,7 @@
 #include "traffic_control/admission.hpp"
 #include "traffic_control/bucket_table.hpp"
 #include "traffic_control/config.hpp"
+#include "traffic_control/cpu_limit.hpp"
 #include "traffic_control/estimator.hpp"
 #include "traffic_control/history.hpp"
 #include "traffic_control/rule_counters.hpp"
@@ -232,6 +235,18 @@ bool tc_load_config(const char* budgets_json, const char* rules_json, tc_report_
 }
 
 bool tc_config_empty(void) { return State().controller.empty(); }
+
+double tc_cgroup_cpu_quota(void) {
+  double cores = 0;
+  Guarded([&] {
+    std::ifstream file("/proc/self/cgroup");
+    std::ostringstream text;
+    text << file.rdbuf();
+    cores = tc::CgroupCpuQuota(text.str(), "/sys/fs/cgroup").value_or(0);
+    return true;
+  });
+  return cores;
+}
 
 namespace {
 
