@@ -35,6 +35,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
+#include "storage/proc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
@@ -57,6 +58,7 @@ typedef struct TcHeld
 	bool		running;		/* measured and between cpu_start and now */
 	double		cpu_start;		/* process CPU seconds when it last started running */
 	double		cpu_spent;		/* CPU seconds of its runs before that */
+	uint64		worker_cpu_start_ns;	/* worker_cpu_ns[] of this backend at admission */
 	int			runs;			/* ExecutorRun calls so far */
 	bool		ran_whole;		/* one run, not cut short: the estimator may learn */
 } TcHeld;
@@ -121,6 +123,7 @@ record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cp
 	{
 		record->cpu_start = cpu_seconds_now();
 		record->measured = record->running = record->cpu_start >= 0;
+		record->worker_cpu_start_ns = pg_atomic_read_u64(&tc_shared->worker_cpu_ns[MyProc->pgprocno]);
 	}
 }
 
@@ -141,14 +144,22 @@ cpu_seconds_now(void)
 	return (double) now.tv_sec + (double) now.tv_nsec / 1e9;
 }
 
-/* CPU seconds a record's statement used; <0 when not measured. */
+/*
+ * CPU seconds a record's statement used, its parallel workers' included
+ * (they have ended: the executor waits for them before it ends); <0 when
+ * not measured.
+ */
 static double
 cpu_used(const TcHeld *record)
 {
 	double		used = record->cpu_spent;
+	uint64		worker_ns;
 
 	if (!record->measured)
 		return -1;
+	worker_ns = pg_atomic_read_u64(&tc_shared->worker_cpu_ns[MyProc->pgprocno]);
+	if (worker_ns >= record->worker_cpu_start_ns)
+		used += (double) (worker_ns - record->worker_cpu_start_ns) / 1e9;
 	if (record->running)
 	{
 		double		now = cpu_seconds_now();
@@ -385,6 +396,29 @@ wait_for_admission(tc_statement *statement, tc_admission *admission)
 	ConditionVariableCancelSleep();
 	waiter_registered = false;
 	TC_CALL(tc_waiter_remove());
+}
+
+/* ---- parallel workers ---- */
+
+static double worker_cpu_start = -1;
+
+void
+worker_started(void)
+{
+	worker_cpu_start = cpu_seconds_now();
+}
+
+void
+worker_ended(void)
+{
+	double		now = cpu_seconds_now();
+	PGPROC	   *leader = MyProc->lockGroupLeader;
+
+	if (worker_cpu_start >= 0 && now >= worker_cpu_start && leader != NULL &&
+		leader->pgprocno < MaxBackends)
+		pg_atomic_fetch_add_u64(&tc_shared->worker_cpu_ns[leader->pgprocno],
+								(uint64) ((now - worker_cpu_start) * 1e9));
+	worker_cpu_start = -1;
 }
 
 void

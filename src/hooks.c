@@ -26,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "fmgr.h"
@@ -162,7 +163,9 @@ tc_planner(Query *parse, const char *query_string, int cursor_options,
 static void
 tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
-	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0 && client_statement())
+	if (IsParallelWorker() && tc_shared != NULL)
+		worker_started();
+	else if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0 && client_statement())
 	{
 		if (admission_active())
 			admit_query(queryDesc);
@@ -235,16 +238,22 @@ tc_ExecutorFinish(QueryDesc *queryDesc)
 	PG_END_TRY();
 }
 
+/*
+ * The holding is released after the executor has ended: a Gather stopped
+ * early shuts its workers down only then, and their CPU time counts.
+ */
 static void
 tc_ExecutorEnd(QueryDesc *queryDesc)
 {
-	if (held_count > 0)
-		release_query(queryDesc);
-
 	if (prev_ExecutorEnd)
 		prev_ExecutorEnd(queryDesc);
 	else
 		standard_ExecutorEnd(queryDesc);
+
+	if (held_count > 0)
+		release_query(queryDesc);
+	if (IsParallelWorker() && tc_shared != NULL)
+		worker_ended();
 }
 
 /*

@@ -16,6 +16,9 @@
  * - TcShared.mutex (a spinlock) protects reported_config_hash (settings.c)
  *   and the log rate limit (reporting.c); nothing but a compare-and-store or
  *   a count happens under it, and it is released before any elog.
+ * - worker_cpu_ns[] (one per backend, by PGPROC number) are atomic
+ *   counters: a backend's parallel workers add the CPU time they used, and
+ *   the backend reads them. No lock.
  * - AddinShmemInitLock is held while the shared segment is created, as in
  *   pg_stat_statements. A crash-restart creates and formats it anew.
  */
@@ -33,10 +36,12 @@ static bool tc_core_attached = false;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+/* The header, then one parallel-worker CPU counter per backend. */
 static Size
 tc_header_size(void)
 {
-	return MAXALIGN(sizeof(TcShared));
+	return add_size(MAXALIGN(offsetof(TcShared, worker_cpu_ns)),
+					mul_size(MaxBackends, sizeof(pg_atomic_uint64)));
 }
 
 /* With room to start the core's tables on a cache line, as their layouts expect. */
@@ -88,6 +93,8 @@ tc_shmem_startup(void)
 		tc_shared->log_window = 0;
 		tc_shared->log_window_lines = 0;
 		tc_shared->log_suppressed = 0;
+		for (int i = 0; i < MaxBackends; i++)
+			pg_atomic_init_u64(&tc_shared->worker_cpu_ns[i], 0);
 		tc_shared->core_size = tc_shared_size(tc_max_buckets, tc_max_patterns);
 		formatted = tc_shared_format(tc_core_address(), tc_shared->core_size, tc_max_buckets,
 									 tc_max_patterns);

@@ -28,6 +28,7 @@
 #include "nodes/nodes.h"
 #include "nodes/plannodes.h"
 #include "optimizer/planner.h"
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
@@ -112,7 +113,9 @@ typedef struct TcShared
 	int			log_window_lines;	/* lines logged in that second */
 	int64		log_suppressed; /* lines suppressed since the last one logged */
 	Size		core_size;
-	/* the core's tables follow, on a cache line */
+	/* the core's tables follow, on a cache line, after: */
+	/* CPU nanoseconds the parallel workers of each backend (by PGPROC number) used */
+	pg_atomic_uint64 worker_cpu_ns[FLEXIBLE_ARRAY_MEMBER];
 } TcShared;
 
 /* The shared segment; NULL when the library was not preloaded. */
@@ -158,6 +161,13 @@ extern TC_INTERNAL void release_utility(int utility_level, bool completed);
 /* Around each ExecutorRun of a query: its CPU clock, and what it teaches. */
 extern TC_INTERNAL void before_run(QueryDesc *query);
 extern TC_INTERNAL void after_run(QueryDesc *query, uint64 count);
+
+/*
+ * In a parallel worker, around its part of the query: its CPU time is added
+ * to its leader's worker_cpu_ns, so the statement is charged what it used.
+ */
+extern TC_INTERNAL void worker_started(void);
+extern TC_INTERNAL void worker_ended(void);
 
 /* Holdings recorded and not yet released. */
 extern TC_INTERNAL int held_count;
