@@ -58,7 +58,8 @@ typedef struct TcHeld
 	bool		running;		/* measured and between cpu_start and now */
 	double		cpu_start;		/* process CPU seconds when it last started running */
 	double		cpu_spent;		/* CPU seconds of its runs before that */
-	uint64		worker_cpu_start_ns;	/* worker_cpu_ns[] of this backend at admission */
+	uint64		worker_cpu_start_ns;	/* its workers' CPU counter at admission */
+	int			cpu_priority;	/* the CPU priority it runs at (0 = normal) */
 	int			runs;			/* ExecutorRun calls so far */
 	bool		ran_whole;		/* one run, not cut short: the estimator may learn */
 } TcHeld;
@@ -111,11 +112,29 @@ append_record(int64 token, QueryDesc *query, int utility_level)
 	record->cpu_spent = 0;
 	record->runs = 0;
 	record->ran_whole = false;
+	record->worker_cpu_start_ns = 0;
+	record->cpu_priority = 0;
 	return record;
 }
 
+/*
+ * The backend runs at the weakest CPU priority its live holdings ask for
+ * (statements nested with track = all, open cursors), and as it started
+ * when none does: applied after every change of the records.
+ */
+static void
+apply_held_priority(void)
+{
+	int			priority = 0;
+
+	for (int i = 0; i < held_count; i++)
+		priority = Max(priority, held[i].cpu_priority);
+	apply_cpu_priority(priority);
+}
+
 void
-record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cpu)
+record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cpu,
+			   int cpu_priority)
 {
 	TcHeld	   *record = append_record(token, query, utility_level);
 
@@ -123,7 +142,13 @@ record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cp
 	{
 		record->cpu_start = cpu_seconds_now();
 		record->measured = record->running = record->cpu_start >= 0;
-		record->worker_cpu_start_ns = pg_atomic_read_u64(&tc_shared->worker_cpu_ns[MyProc->pgprocno]);
+		record->worker_cpu_start_ns =
+			pg_atomic_read_u64(&tc_shared->backends[MyProc->pgprocno].worker_cpu_ns);
+	}
+	if (cpu_priority > 0 && cpu_priority_takes_effect())
+	{
+		record->cpu_priority = cpu_priority;
+		apply_held_priority();
 	}
 }
 
@@ -157,7 +182,7 @@ cpu_used(const TcHeld *record)
 
 	if (!record->measured)
 		return -1;
-	worker_ns = pg_atomic_read_u64(&tc_shared->worker_cpu_ns[MyProc->pgprocno]);
+	worker_ns = pg_atomic_read_u64(&tc_shared->backends[MyProc->pgprocno].worker_cpu_ns);
 	if (worker_ns >= record->worker_cpu_start_ns)
 		used += (double) (worker_ns - record->worker_cpu_start_ns) / 1e9;
 	if (record->running)
@@ -180,6 +205,8 @@ release_record(int index, bool completed)
 	/* Forget the record first: whatever happens next, it is released once. */
 	held[index] = held[held_count - 1];
 	held_count--;
+	if (record.cpu_priority > 0)
+		apply_held_priority();
 	if (record.token == 0)
 		return;
 	TC_CALL_QUIET(tc_release(record.token, cpu_used(&record), completed && record.ran_whole,
@@ -331,6 +358,7 @@ tc_before_shmem_exit(int code, Datum arg)
 	bool		wake = false;
 
 	held_count = 0;
+	/* The process ends: no priority to restore. */
 	if (!core_attached())
 		return;
 	/* FATAL while waiting for a slot exits without passing PG_CATCH. */
@@ -405,6 +433,7 @@ static double worker_cpu_start = -1;
 void
 worker_started(void)
 {
+	take_leader_priority();
 	worker_cpu_start = cpu_seconds_now();
 }
 
@@ -416,7 +445,7 @@ worker_ended(void)
 
 	if (worker_cpu_start >= 0 && now >= worker_cpu_start && leader != NULL &&
 		leader->pgprocno < MaxBackends)
-		pg_atomic_fetch_add_u64(&tc_shared->worker_cpu_ns[leader->pgprocno],
+		pg_atomic_fetch_add_u64(&tc_shared->backends[leader->pgprocno].worker_cpu_ns,
 								(uint64) ((now - worker_cpu_start) * 1e9));
 	worker_cpu_start = -1;
 }

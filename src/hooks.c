@@ -420,4 +420,5 @@ _PG_init(void)
 	install_log_hook();
 	register_release_callbacks();
 	remember_server_planner_settings();
+	remember_priority_rights();
 }

@@ -130,6 +130,7 @@ maybe_reload_config(void)
 	}
 	tc_config_is_empty = tc_config_empty();
 	elog(DEBUG1, "traffic_control: configuration loaded");
+	warn_if_priority_has_no_effect(tc_config_max_cpu_priority());
 	if (reported_problem_count == 0)
 		return;
 

@@ -16,9 +16,11 @@
  * - TcShared.mutex (a spinlock) protects reported_config_hash (settings.c)
  *   and the log rate limit (reporting.c); nothing but a compare-and-store or
  *   a count happens under it, and it is released before any elog.
- * - worker_cpu_ns[] (one per backend, by PGPROC number) are atomic
- *   counters: a backend's parallel workers add the CPU time they used, and
- *   the backend reads them. No lock.
+ * - backends[] (one per backend, by PGPROC number) are atomic: a backend's
+ *   parallel workers add the CPU time they used to its worker_cpu_ns and
+ *   read the priority it runs at; the backend reads the one and writes the
+ *   other. No lock.
+ * - TcShared.mutex (below) also guards priority_warning_logged.
  * - AddinShmemInitLock is held while the shared segment is created, as in
  *   pg_stat_statements. A crash-restart creates and formats it anew.
  */
@@ -36,12 +38,12 @@ static bool tc_core_attached = false;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* The header, then one parallel-worker CPU counter per backend. */
+/* The header, with one slot per backend. */
 static Size
 tc_header_size(void)
 {
-	return add_size(MAXALIGN(offsetof(TcShared, worker_cpu_ns)),
-					mul_size(MaxBackends, sizeof(pg_atomic_uint64)));
+	return add_size(MAXALIGN(offsetof(TcShared, backends)),
+					mul_size(MaxBackends, sizeof(TcBackendSlot)));
 }
 
 /* With room to start the core's tables on a cache line, as their layouts expect. */
@@ -93,8 +95,12 @@ tc_shmem_startup(void)
 		tc_shared->log_window = 0;
 		tc_shared->log_window_lines = 0;
 		tc_shared->log_suppressed = 0;
+		tc_shared->priority_warning_logged = false;
 		for (int i = 0; i < MaxBackends; i++)
-			pg_atomic_init_u64(&tc_shared->worker_cpu_ns[i], 0);
+		{
+			pg_atomic_init_u64(&tc_shared->backends[i].worker_cpu_ns, 0);
+			pg_atomic_init_u32(&tc_shared->backends[i].worker_priority, 0);
+		}
 		tc_shared->core_size = tc_shared_size(tc_max_buckets, tc_max_patterns);
 		formatted = tc_shared_format(tc_core_address(), tc_shared->core_size, tc_max_buckets,
 									 tc_max_patterns);

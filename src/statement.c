@@ -417,9 +417,10 @@ admit_statement(const char *source, int location, int length, const char *comman
 		wait_for_admission(&statement, &admission);
 
 	/* Held from here on, whatever reporting it does: a NOTICE can fail. */
-	if (admission.holding != 0)
+	if (admission.holding != 0 || admission.cpu_priority > 0)
 		record_holding(admission.holding, query, utility_level,
 					   admission.measure_cpu &&
-					   worth_measuring(admission.predicted_seconds, statement.wall_now_us));
+					   worth_measuring(admission.predicted_seconds, statement.wall_now_us),
+					   admission.cpu_priority);
 	report_admission(&admission);
 }

@@ -101,6 +101,13 @@ extern TC_INTERNAL double effective_server_cores(void);
 
 /* ---- shmem.c ---- */
 
+/* What a backend shares with its parallel workers. */
+typedef struct TcBackendSlot
+{
+	pg_atomic_uint64 worker_cpu_ns; /* CPU nanoseconds its parallel workers used */
+	pg_atomic_uint32 worker_priority;	/* the cpu_priority it runs at now */
+} TcBackendSlot;
+
 typedef struct TcShared
 {
 	LWLock	   *bucket_lock;	/* protects the bucket table */
@@ -112,10 +119,10 @@ typedef struct TcShared
 	int64		log_window;		/* the wall-clock second being counted */
 	int			log_window_lines;	/* lines logged in that second */
 	int64		log_suppressed; /* lines suppressed since the last one logged */
+	bool		priority_warning_logged;	/* under mutex: "cpu_priority has no effect" */
 	Size		core_size;
 	/* the core's tables follow, on a cache line, after: */
-	/* CPU nanoseconds the parallel workers of each backend (by PGPROC number) used */
-	pg_atomic_uint64 worker_cpu_ns[FLEXIBLE_ARRAY_MEMBER];
+	TcBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];	/* by PGPROC number */
 } TcShared;
 
 /* The shared segment; NULL when the library was not preloaded. */
@@ -139,12 +146,13 @@ extern TC_INTERNAL void register_release_callbacks(void);
 extern TC_INTERNAL void reserve_held_record(void);
 
 /*
- * Records a granted holding (token != 0) made room for by
- * reserve_held_record: an executor holding (query != NULL) or a utility
- * statement's at utility_level. With measure_cpu its CPU clock starts now.
+ * Records a granted holding (token != 0, or a CPU priority to run at) made
+ * room for by reserve_held_record: an executor holding (query != NULL) or a
+ * utility statement's at utility_level. With measure_cpu its CPU clock
+ * starts now; with a cpu_priority the backend runs at it from now on.
  */
 extern TC_INTERNAL void record_holding(int64 token, QueryDesc *query, int utility_level,
-									   bool measure_cpu);
+									   bool measure_cpu, int cpu_priority);
 
 /* Records a cursor opened nested, to be admitted at its first top-level run. */
 extern TC_INTERNAL void record_pending(QueryDesc *query);
@@ -212,6 +220,23 @@ extern TC_INTERNAL void admit_statement(const char *source, int location, int le
  * (pg_reload_conf) or reading and calling the extension's own objects?
  */
 extern TC_INTERNAL bool is_control_plane(PlannedStmt *pstmt);
+
+/* ---- priority.c ---- */
+
+/* Checks whether a lowered CPU priority can be restored (postmaster). */
+extern TC_INTERNAL void remember_priority_rights(void);
+
+/* Does cpu_priority take effect in this server? */
+extern TC_INTERNAL bool cpu_priority_takes_effect(void);
+
+/* One WARNING per server start when a rule set uses cpu_priority in vain. */
+extern TC_INTERNAL void warn_if_priority_has_no_effect(int max_cpu_priority);
+
+/* Runs this backend at `priority` (0 = as it started, 1-19, or idle). */
+extern TC_INTERNAL void apply_cpu_priority(int priority);
+
+/* In a parallel worker: runs at its leader's priority. */
+extern TC_INTERNAL void take_leader_priority(void);
 
 /* ---- plan_cost.c ---- */
 

@@ -356,5 +356,45 @@ TEST_F(AdmissionTest, AnInterruptedStatementDoesNotTeachTheEstimator) {
   EXPECT_TRUE(patterns_->Snapshot().empty());
 }
 
+TEST_F(AdmissionTest, RunsAtTheWeakestCpuPriorityOfItsEnforceBudgets) {
+  Configure(R"([{"name": "nice", "mode": "enforce", "cpu_priority": 10},
+                {"name": "nicer", "mode": "enforce", "cpu_priority": 15},
+                {"name": "watch", "mode": "warn", "cpu_priority": 19},
+                {"name": "idle", "mode": "enforce", "cpu_priority": "idle"}])",
+            R"([{"budget": "nice", "match": {"tier": ["a", "b"]}},
+                {"budget": "nicer", "match": {"tier": "b"}},
+                {"budget": "watch", "match": {"tier": ["a", "b", "w"]}},
+                {"budget": "idle", "match": {"tier": "i"}}])");
+  EXPECT_EQ(controller_.max_cpu_priority(), kCpuPriorityIdle);
+
+  Decision decision = controller_.Admit(Statement("SELECT 1 /*tier='a'*/"), AttemptKind::kFinal);
+  EXPECT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(decision.cpu_priority, 10);  // the warn budget's 19 only warns
+  controller_.Release(decision.holding);
+
+  decision = controller_.Admit(Statement("SELECT 1 /*tier='b'*/"), AttemptKind::kFinal);
+  EXPECT_EQ(decision.cpu_priority, 15);
+  controller_.Release(decision.holding);
+
+  decision = controller_.Admit(Statement("SELECT 1 /*tier='w'*/"), AttemptKind::kFinal);
+  EXPECT_EQ(decision.cpu_priority, 0);
+  controller_.Release(decision.holding);
+
+  decision = controller_.Admit(Statement("SELECT 1 /*tier='i'*/"), AttemptKind::kFinal);
+  EXPECT_EQ(decision.cpu_priority, kCpuPriorityIdle);
+  controller_.Release(decision.holding);
+
+  decision = controller_.Admit(Statement("SELECT 1"), AttemptKind::kFinal);
+  EXPECT_EQ(decision.cpu_priority, 0);
+}
+
+TEST_F(AdmissionTest, ARefusedStatementAsksForNoCpuPriority) {
+  Configure(R"([{"name": "shed", "mode": "enforce", "max_concurrent": 0, "cpu_priority": 19}])",
+            R"([{"budget": "shed", "match": {}}])");
+  const Decision decision = controller_.Admit(Statement("SELECT 1"), AttemptKind::kFinal);
+  EXPECT_EQ(decision.outcome, Decision::Outcome::kRefused);
+  EXPECT_EQ(decision.cpu_priority, 0);
+}
+
 }  // namespace
 }  // namespace tc

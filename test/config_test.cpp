@@ -170,6 +170,8 @@ TEST(ConfigBudgets, RejectsOutOfRangeAndMistypedFields) {
   const std::string timeout =
       "budgets[0].queue_timeout_ms: must be an integer between 0 and 3600000";
   const std::string mode = R"(budgets[0].mode: must be "enforce", "warn" or "off")";
+  const std::string priority =
+      R"(budgets[0].cpu_priority: must be an integer between 0 and 19 (a nice value) or "idle")";
   const std::vector<ErrorCase> cases = {
       {R"("mode": "Enforce")", mode},
       {R"("mode": "")", mode},
@@ -201,10 +203,27 @@ TEST(ConfigBudgets, RejectsOutOfRangeAndMistypedFields) {
       {R"("queue_timeout_ms": 3600001)", timeout},
       {R"("queue_timeout_ms": 0.5)", timeout},
       {R"("queue_timeout_ms": "100")", timeout},
+      {R"("cpu_priority": -1)", priority},
+      {R"("cpu_priority": 20)", priority},
+      {R"("cpu_priority": 5.5)", priority},
+      {R"("cpu_priority": "10")", priority},
+      {R"("cpu_priority": "IDLE")", priority},
+      {R"("cpu_priority": "low")", priority},
+      {R"("cpu_priority": true)", priority},
+      {R"("cpu_priority": ["idle"])", priority},
   };
   for (const ErrorCase& test_case : cases) {
     EXPECT_EQ(OneBudgetError(test_case.input), test_case.expected_error) << test_case.input;
   }
+}
+
+TEST(ConfigBudgets, CpuPriorityIsANiceValueOrIdle) {
+  EXPECT_EQ(OneBudget("").cpu_priority, 0);
+  EXPECT_EQ(OneBudget(R"("cpu_priority": null)").cpu_priority, 0);
+  EXPECT_EQ(OneBudget(R"("cpu_priority": 0)").cpu_priority, 0);
+  EXPECT_EQ(OneBudget(R"("cpu_priority": 19)").cpu_priority, 19);
+  EXPECT_EQ(OneBudget(R"("cpu_priority": 10.0)").cpu_priority, 10);
+  EXPECT_EQ(OneBudget(R"("cpu_priority": "idle")").cpu_priority, kCpuPriorityIdle);
 }
 
 TEST(ConfigBudgets, NamesTheItemByIndex) {

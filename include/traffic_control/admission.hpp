@@ -42,6 +42,9 @@ struct Decision {
   // pass it to Release, so buckets are corrected and the estimator learns.
   bool measure_cpu = false;
   std::optional<double> predicted_seconds;
+  // Admitted: the weakest CPU priority an enforce budget of the statement
+  // asks for while it runs (Budget::cpu_priority; 0 = normal).
+  int cpu_priority = 0;
 };
 
 // One budget that applies to an explained statement: what Admit would decide
@@ -85,6 +88,8 @@ class AdmissionController {
   const RuleSet& rule_set() const { return rules_; }
   const std::vector<RuleProblem>& problems() const { return problems_; }
   bool empty() const { return rules_.empty(); }
+  // The weakest cpu_priority any enforce budget of the rule set asks for.
+  int max_cpu_priority() const;
 
   // The shared table; without one nothing is admitted by concurrency (the
   // shim always attaches one).

@@ -34,6 +34,9 @@ bool tc_load_config(const char *budgets_json, const char *rules_json, tc_report_
 /* True when no rule can match: the per-statement fast path. Cannot fail. */
 bool tc_config_empty(void);
 
+/* The weakest cpu_priority an enforce budget of the loaded rule set asks for. */
+int			tc_config_max_cpu_priority(void);
+
 /*
  * The CPU quota (cores) the process's cgroups set, read from
  * /proc/self/cgroup and /sys/fs/cgroup; 0 when there is none or it cannot
@@ -106,7 +109,11 @@ typedef struct tc_admission
 	int64_t		holding;		/* TC_ADMITTED: token for tc_release, 0 = none */
 	bool		measure_cpu;	/* measure CPU time and pass it to tc_release */
 	double		predicted_seconds;	/* CPU-seconds predicted; <0 = unknown */
+	int			cpu_priority;	/* TC_ADMITTED: nice 0-19 to run at, or TC_CPU_PRIORITY_IDLE */
 } tc_admission;
+
+/* tc_admission.cpu_priority: the SCHED_IDLE policy (weaker than nice 19). */
+#define TC_CPU_PRIORITY_IDLE 20
 
 typedef enum tc_attempt
 {

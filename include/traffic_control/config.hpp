@@ -15,6 +15,10 @@ std::string_view ModeName(Mode mode);  // "enforce", "warn", "off"
 
 constexpr std::size_t kMaxBudgetNameBytes = 63;
 
+// Budget::cpu_priority: a nice value 0-19, or the SCHED_IDLE policy, which
+// runs only when no other process wants the CPU (weaker than nice 19).
+constexpr int kCpuPriorityIdle = 20;
+
 struct Budget {
   std::string name;  // 1-63 of [A-Za-z0-9_.-], unique
   Mode mode = Mode::kWarn;
@@ -24,6 +28,7 @@ struct Budget {
   std::optional<std::int64_t> max_concurrent;  // >= 0
   std::optional<double> warning_threshold;     // percent 0..100
   std::int64_t queue_timeout_ms = 0;           // >= 0
+  int cpu_priority = 0;  // nice 0..19, or kCpuPriorityIdle ("idle")
 };
 
 struct Condition {

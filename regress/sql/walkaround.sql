@@ -3,7 +3,7 @@
 -- itself is never admitted, the control plane is never shed, the policy is
 -- not readable by every role, a failing NOTICE cannot leak a slot, and every
 -- backend applies a reload whatever it runs.
-CREATE EXTENSION IF NOT EXISTS traffic_control;
+CREATE EXTENSION traffic_control;
 \set regress_database :DBNAME
 CREATE TABLE wa_items (id int);
 INSERT INTO wa_items SELECT generate_series(1, 100);
@@ -192,3 +192,4 @@ SELECT count(*) AS views FROM pg_views WHERE schemaname = 'traffic_control';
 \c :regress_database
 DROP DATABASE wa_schema;
 DROP ROLE wa_owner;
+DROP EXTENSION traffic_control;

@@ -342,6 +342,14 @@ void AdmissionController::DropPendingRuleCounts() {
   pending_total_ = 0;
 }
 
+int AdmissionController::max_cpu_priority() const {
+  int priority = 0;
+  for (const Budget& budget : rules_.budgets()) {
+    if (budget.mode == Mode::kEnforce) priority = std::max(priority, budget.cpu_priority);
+  }
+  return priority;
+}
+
 Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind attempt) {
   Decision decision;
   Admit(statement, attempt, &decision);
@@ -358,6 +366,7 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
   decision.holding = 0;
   decision.measure_cpu = false;
   decision.predicted_seconds.reset();
+  decision.cpu_priority = 0;
   if (rules_.empty() || table_ == nullptr) return;
 
   std::optional<double> predicted;
@@ -383,6 +392,12 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
       match_instances_[i].generation = all_held ? result.holdings[i].generation : 0;
     }
     decision.measure_cpu = has_cost_limit;
+    for (const BudgetMatch& match : matches_) {
+      const Budget& budget = rules_.budgets()[match.budget_index];
+      if (budget.mode == Mode::kEnforce) {
+        decision.cpu_priority = std::max(decision.cpu_priority, budget.cpu_priority);
+      }
+    }
     const bool learn = has_cost_limit && patterns_ != nullptr && query_id != 0;
     try {
       decision.holding = Hold(result, learn, query_id, statement.plan_cost);

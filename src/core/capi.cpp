@@ -236,6 +236,8 @@ bool tc_load_config(const char* budgets_json, const char* rules_json, tc_report_
 
 bool tc_config_empty(void) { return State().controller.empty(); }
 
+int tc_config_max_cpu_priority(void) { return State().controller.max_cpu_priority(); }
+
 double tc_cgroup_cpu_quota(void) {
   double cores = 0;
   Guarded([&] {
@@ -338,6 +340,8 @@ bool tc_attach(void* memory, size_t size, int max_buckets, int max_patterns,
   });
 }
 
+static_assert(TC_CPU_PRIORITY_IDLE == tc::kCpuPriorityIdle);
+
 bool tc_admit(const tc_statement* statement, tc_attempt attempt, tc_admission* out) {
   return Guarded([&] {
     BackendState& state = State();
@@ -368,6 +372,7 @@ bool tc_admit(const tc_statement* statement, tc_attempt attempt, tc_admission* o
     out->notices = state.notices.empty() ? nullptr : state.notices.data();
     out->holding = decision.holding;
     out->measure_cpu = decision.measure_cpu;
+    out->cpu_priority = decision.cpu_priority;
     out->predicted_seconds = decision.predicted_seconds ? *decision.predicted_seconds : -1;
     return true;
   });

@@ -57,6 +57,8 @@ constexpr IntegerBounds kMaxConcurrentBounds{0, kMaxMaxConcurrent,
                                              "must be an integer between 0 and 1000000"};
 constexpr IntegerBounds kQueueTimeoutBounds{0, kMaxQueueTimeoutMs,
                                             "must be an integer between 0 and 3600000"};
+constexpr IntegerBounds kCpuPriorityBounds{
+    0, kCpuPriorityIdle - 1, "must be an integer between 0 and 19 (a nice value) or \"idle\""};
 
 constexpr const char* kCommandValues[] = {"select", "insert", "update",
                                           "delete", "merge",  "utility"};
@@ -336,12 +338,31 @@ bool ParseMode(const Json& object, std::string_view path, Mode* mode, std::strin
   return Fail(error, MemberPath(path, "mode") + ": must be \"enforce\", \"warn\" or \"off\"");
 }
 
+// cpu_priority: an integer nice value 0-19, or "idle".
+bool ReadCpuPriority(const Json& item, std::string_view path, int* out, std::string* error) {
+  const Json* value = FindField(item, "cpu_priority");
+  if (value == nullptr) return true;
+  if (value->is_string() && value->get_ref<const std::string&>() == "idle") {
+    *out = kCpuPriorityIdle;
+    return true;
+  }
+  std::optional<std::int64_t> nice;
+  if (!value->is_string() &&
+      ReadOptionalInteger(item, "cpu_priority", path, kCpuPriorityBounds, &nice, nullptr) &&
+      nice.has_value()) {
+    *out = static_cast<int>(*nice);
+    return true;
+  }
+  return Fail(error, MemberPath(path, "cpu_priority") + ": " + kCpuPriorityBounds.requirement);
+}
+
 bool ParseBudget(const Json& item, std::string_view path,
                  std::unordered_set<std::string>* used_names, Budget* budget, std::string* error) {
   if (!item.is_object()) return Fail(error, std::string(path) + ": must be a JSON object");
   if (!CheckKnownFields(item, path,
                         {"name", "mode", "server_share", "burst_limit", "per_query_limit",
-                         "max_concurrent", "warning_threshold", "queue_timeout_ms"},
+                         "max_concurrent", "warning_threshold", "queue_timeout_ms",
+                         "cpu_priority"},
                         error)) {
     return false;
   }
@@ -380,7 +401,7 @@ bool ParseBudget(const Json& item, std::string_view path,
     return false;
   }
   if (queue_timeout_ms.has_value()) budget->queue_timeout_ms = *queue_timeout_ms;
-  return true;
+  return ReadCpuPriority(item, path, &budget->cpu_priority, error);
 }
 
 // Checks one match value for a built-in key and puts it in the form the rule

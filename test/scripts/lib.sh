@@ -68,8 +68,21 @@ tc_start_cluster() {
     echo "logging_collector = off"
     if [ -n "$extra_conf" ]; then cat "$extra_conf"; fi
   } >>"$TC_DATA/postgresql.conf"
-  tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$TC_DATA" -l "$dir/server.log" -w -t 60 start >/dev/null
+  tc_start_server "$TC_DATA" "$dir/server.log"
   export PGHOST="$dir" PGPORT PGUSER=postgres TC_DATA
+}
+
+# tc_start_server DATA LOG: pg_ctl start as the postgres OS user. As root, with
+# CAP_SYS_NICE in its ambient capabilities (docs/configuration.md, cpu_priority:
+# a backend may then restore the CPU priority a budget lowered).
+tc_start_server() {
+  local data="$1" log="$2"
+  if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null 2>&1; then
+    setpriv --reuid=postgres --regid=postgres --init-groups --inh-caps=+sys_nice \
+      --ambient-caps=+sys_nice "$PG_BINDIR/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null
+  else
+    tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null
+  fi
 }
 
 tc_stop_cluster() {

@@ -1,0 +1,168 @@
+/*
+ * priority.c — the OS CPU priority a statement runs at (budget field
+ * cpu_priority): a nice value 1-19, or the SCHED_IDLE policy, set on the
+ * backend while a statement of such a budget executes and restored as it
+ * ends (holdings.c decides when: the weakest priority any of its live
+ * holdings asks for), and taken over by its parallel workers.
+ *
+ * Lowering a process's priority is always allowed; restoring it is not: it
+ * needs CAP_SYS_NICE, or an RLIMIT_NICE that allows the original nice value.
+ * A backend that could lower its priority but not restore it would run
+ * every later statement, of any budget, at the lowered priority. So the
+ * postmaster checks once, as it loads the library, whether restoring is
+ * allowed; when it is not, cpu_priority has no effect, and one WARNING per
+ * server start says why (logged by the first process that loads a rule set
+ * using the field).
+ *
+ * Locking: TcShared.mutex guards priority_warning_logged (a test-and-set,
+ * released before the WARNING). worker_priority[] are atomic: a backend
+ * writes its own, its parallel workers read it.
+ */
+#include "postgres.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <sys/resource.h>
+
+#include "miscadmin.h"
+#include "storage/proc.h"
+
+#include "traffic_control.h"
+
+#define CAP_SYS_NICE_BIT 23
+
+/* Decided in the postmaster by remember_priority_rights(); inherited. */
+static bool priority_restorable = false;
+static const char *not_restorable_reason = "";
+
+/* This backend's nice value before it ever changed it, and what it runs at. */
+static int	original_nice = 0;
+static bool original_nice_known = false;
+static int	applied_priority = 0;
+
+/* Is CAP_SYS_NICE in the effective capability set (/proc/self/status)? */
+static bool
+has_cap_sys_nice(void)
+{
+	FILE	   *status = fopen("/proc/self/status", "r");
+	char		line[256];
+	bool		has = false;
+
+	if (status == NULL)
+		return false;
+	while (fgets(line, sizeof(line), status) != NULL)
+	{
+		unsigned long long mask;
+
+		if (sscanf(line, "CapEff: %llx", &mask) == 1)
+		{
+			has = (mask >> CAP_SYS_NICE_BIT) & 1;
+			break;
+		}
+	}
+	fclose(status);
+	return has;
+}
+
+void
+remember_priority_rights(void)
+{
+	struct rlimit limit;
+	int			nice_now;
+
+	errno = 0;
+	nice_now = getpriority(PRIO_PROCESS, 0);
+	if (errno != 0)
+		nice_now = 0;
+	if (has_cap_sys_nice())
+		priority_restorable = true;
+	else if (getrlimit(RLIMIT_NICE, &limit) == 0 &&
+			 (limit.rlim_cur == RLIM_INFINITY || (long) limit.rlim_cur >= 20 - nice_now))
+		priority_restorable = true;
+	else
+	{
+		priority_restorable = false;
+		not_restorable_reason =
+			"the server may lower a backend's CPU priority but not restore it: it has "
+			"neither CAP_SYS_NICE nor an RLIMIT_NICE that allows its nice value";
+	}
+}
+
+bool
+cpu_priority_takes_effect(void)
+{
+	return priority_restorable;
+}
+
+void
+warn_if_priority_has_no_effect(int max_cpu_priority)
+{
+	bool		first;
+
+	if (priority_restorable || max_cpu_priority <= 0 || tc_shared == NULL)
+		return;
+	SpinLockAcquire(&tc_shared->mutex);
+	first = !tc_shared->priority_warning_logged;
+	tc_shared->priority_warning_logged = true;
+	SpinLockRelease(&tc_shared->mutex);
+	if (first)
+		ereport(WARNING,
+				(errmsg("traffic_control: cpu_priority has no effect: %s", not_restorable_reason),
+				 errhint("Start the server with CAP_SYS_NICE (systemd: AmbientCapabilities=CAP_SYS_NICE; "
+						 "as root: setpriv --reuid=postgres --regid=postgres --init-groups "
+						 "--inh-caps=+sys_nice --ambient-caps=+sys_nice pg_ctl ...) or with "
+						 "RLIMIT_NICE of 20 (systemd: LimitNICE=20; ulimit -e 20).")));
+}
+
+/* Runs this process at `priority` (0 = as it started). False on failure. */
+static bool
+set_process_priority(int priority)
+{
+	struct sched_param param = {0};
+	int			nice_value;
+
+	if (!original_nice_known)
+	{
+		errno = 0;
+		original_nice = getpriority(PRIO_PROCESS, 0);
+		if (errno != 0)
+			original_nice = 0;
+		original_nice_known = true;
+	}
+	if (priority == TC_CPU_PRIORITY_IDLE)
+		return sched_setscheduler(0, SCHED_IDLE, &param) == 0;
+	if (applied_priority == TC_CPU_PRIORITY_IDLE &&
+		sched_setscheduler(0, SCHED_OTHER, &param) != 0)
+		return false;
+	nice_value = Max(original_nice, priority);
+	return setpriority(PRIO_PROCESS, 0, nice_value) == 0;
+}
+
+void
+apply_cpu_priority(int priority)
+{
+	if (!priority_restorable || priority == applied_priority)
+		return;
+	if (set_process_priority(priority))
+		applied_priority = priority;
+	else
+		ereport(WARNING,
+				(errmsg("traffic_control: could not set the backend's CPU priority to %d: %m",
+						priority)));
+	pg_atomic_write_u32(&tc_shared->backends[MyProc->pgprocno].worker_priority,
+						(uint32) applied_priority);
+}
+
+void
+take_leader_priority(void)
+{
+	PGPROC	   *leader = MyProc->lockGroupLeader;
+	int			priority;
+
+	if (leader == NULL || leader->pgprocno >= MaxBackends)
+		return;
+	priority = (int) pg_atomic_read_u32(&tc_shared->backends[leader->pgprocno].worker_priority);
+	/* A worker ends with its part of the query: nothing to restore. */
+	if (priority > 0 && set_process_priority(priority))
+		applied_priority = priority;
+}
