@@ -52,31 +52,31 @@ RENAMED = "_renamed"
 FAMILIES = ["a", "q", "e", "w", "s"]
 BASE_NAMES = {"a": "chaos_a", "q": "chaos_q", "e": "chaos_e", "w": "chaos_w", "s": "chaos_s"}
 TENANTS = ["t1", "t2", "t3", "t4"]  # --max-buckets uses many more
+# `each` values that the client encoding LATIN1 cannot show (a euro sign, a
+# byte that is not UTF-8): client text in a NOTICE that must not fail it.
+AWKWARD_TENANTS = ["%E2%82%AC", "%FF", "caf%C3%A9"]
 # Ledger budgets: no limits, one per client kind; every statement of that
 # kind also matches its ledger, so the ledger counts that kind's decisions.
 CLASSES = ["pgbench", "clean", "chaos"]
 
-# The configuration the run starts with and the final checks use (queues off
-# there, so a full budget refuses at once).
+# The configuration the run starts with.
 INITIAL_LIMITS = {
     "a": {"mode": "enforce", "max_concurrent": 3, "queue_timeout_ms": 0},
     "q": {"mode": "enforce", "max_concurrent": 2, "queue_timeout_ms": 500},
-    "e": {"mode": "enforce", "max_concurrent": 1, "queue_timeout_ms": 50},
+    "e": {"mode": "enforce", "max_concurrent": 1, "queue_timeout_ms": 50, "warning_threshold": 50},
     "w": {"mode": "warn", "max_concurrent": 1},
     "s": {"mode": "enforce", "server_share": 10, "burst_limit": 0.5, "max_concurrent": 4},
 }
-FINAL_LIMITS = {
-    "a": {"mode": "enforce", "max_concurrent": 3, "queue_timeout_ms": 0},
-    "q": {"mode": "enforce", "max_concurrent": 2, "queue_timeout_ms": 0},
-    "e": {"mode": "enforce", "max_concurrent": 1, "queue_timeout_ms": 0},
-    "w": {"mode": "warn", "max_concurrent": 1},
-    "s": {"mode": "enforce", "server_share": 100, "burst_limit": 1, "max_concurrent": 4},
-}
+# The final checks: no queues (a full budget refuses at once), and chaos_s
+# draining at the whole server, so that whatever debt the load left goes fast.
+FINAL_LIMITS = {f: dict(v, **({"queue_timeout_ms": 0} if "queue_timeout_ms" in v else {}))
+                for f, v in INITIAL_LIMITS.items()}
+FINAL_LIMITS["s"].update(server_share=100, burst_limit=1)
 # What a reload may set (the mode of q sometimes flips to warn).
 LIMIT_CHOICES = {
     "a": {"max_concurrent": [1, 2, 3, 4], "queue_timeout_ms": [0, 0, 20, 200]},
     "q": {"max_concurrent": [1, 2, 3], "queue_timeout_ms": [100, 500, 2000]},
-    "e": {"max_concurrent": [1, 2], "queue_timeout_ms": [0, 50, 300]},
+    "e": {"max_concurrent": [1, 2], "queue_timeout_ms": [0, 50, 300], "warning_threshold": [50, 100]},
     "w": {"max_concurrent": [0, 1, 2]},
     "s": {"server_share": [5, 10, 20], "burst_limit": [0.25, 0.5], "max_concurrent": [2, 4]},
 }
@@ -214,7 +214,7 @@ class Client(threading.Thread):
             (self.op_single, 30), (self.op_transaction, 8), (self.op_cursor, 8),
             (self.op_nested, 6), (self.op_do, 4), (self.op_multi, 4), (self.op_copy, 3),
             (self.op_error_after_admission, 3), (self.op_prepared, 4), (self.op_cpu, 6),
-            (self.op_parallel, 2), (self.op_disabled, 2),
+            (self.op_parallel, 2), (self.op_disabled, 2), (self.op_client_encoding, 2),
         ]
         if cls == "chaos":
             self.ops += [
@@ -269,6 +269,7 @@ class Client(threading.Thread):
             self.conn.execute("CLOSE ALL")
             self.conn.execute("RESET statement_timeout")
             self.conn.execute("RESET idle_in_transaction_session_timeout")
+            self.conn.execute("RESET client_encoding")
         except psycopg.Error as exc:
             if self.cls != "chaos":
                 self.run_.ledger.fail(f"{self.name}: recovering failed: {exc}")
@@ -480,6 +481,14 @@ class Client(threading.Thread):
             self.conn.execute("CLOSE c")
         self.conn.execute("COMMIT")
 
+    def op_client_encoding(self):
+        """An `each` value the client encoding cannot show, in the DETAIL of
+        the warning_threshold NOTICE of chaos_e."""
+        tenant = self.rng.choice(AWKWARD_TENANTS)
+        self.conn.execute("SET client_encoding = 'LATIN1'")
+        self.execute(["e"], f"SELECT pg_sleep(0.002) {tag('e', self.cls, tenant)}")
+        self.conn.execute("RESET client_encoding")
+
     # chaos-only operations ---------------------------------------------------
     def op_statement_timeout(self):
         family, tenant = self.pick()
@@ -576,9 +585,15 @@ class Client(threading.Thread):
                     self.run_.ledger.event(f"{self.cls} {op.__name__[3:]}")
                 except psycopg.Error as exc:  # every error is classified
                     self.on_error(exc)
+            # Stay connected, idle, until the checker has looked at `active`:
+            # a slot leaked by a live session shows only while it lives.
+            if self.conn is not None and self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self.recover()
         except Exception as exc:  # noqa: BLE001
             self.run_.ledger.fail(f"{self.name} died: {type(exc).__name__}: {exc}")
         finally:
+            self.run_.client_idle()
+            self.run_.release.wait(timeout=600)
             if self.conn is not None:
                 try:
                     self.conn.close()
@@ -636,9 +651,11 @@ class PgbenchLoop(threading.Thread):
         if "number of transactions actually processed" not in out:
             ledger.fail(f"pgbench run without results (exit {done.returncode}): {err[-2000:]}")
             return
-        # Per script: "SQL script N: <file>" ... " - M transactions (...)".
+        processed = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+        # Per script: "SQL script N: <file>" ... " - M transactions (...)";
+        # pgbench leaves these out when nothing was processed.
         per_script = re.findall(r"SQL script (\d+): (\S+)\n - weight: \d+[^\n]*\n - (\d+) transactions", out)
-        if len(per_script) != len(self.SCRIPTS):
+        if len(per_script) != len(self.SCRIPTS) and processed != 0:
             ledger.fail(f"pgbench output: {len(per_script)} script sections: {out[-2000:]}")
             return
         total = 0
@@ -646,7 +663,6 @@ class PgbenchLoop(threading.Thread):
             family = self.SCRIPTS[int(number) - 1][1]
             ledger.add("pgbench", family, "admitted", int(transactions))
             total += int(transactions)
-        processed = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
         if processed != total:
             ledger.fail(f"pgbench: processed {processed} != sum of scripts {total}")
         failed = re.search(r"number of failed transactions: (\d+)", out)
@@ -674,6 +690,9 @@ class Run:
         self.dsn = f"host={args.host} port={args.port} user=postgres dbname=postgres"
         self.workdir = args.workdir
         self.stop = threading.Event()
+        self.release = threading.Event()  # the clients may disconnect
+        self.idle_lock = threading.Condition()
+        self.idle_clients = 0
         self.ledger = Ledger()
         self.config = Config(INITIAL_LIMITS)
         self.applied = []  # the budgets last written by apply_config
@@ -683,6 +702,11 @@ class Run:
         self.checks_passed = 0
         self.checks_failed = 0
         self.stats = collections.Counter()
+
+    def client_idle(self):
+        with self.idle_lock:
+            self.idle_clients += 1
+            self.idle_lock.notify_all()
 
     # ---- checks -------------------------------------------------------------
     def check(self, ok, what):
@@ -856,14 +880,40 @@ class Run:
         self.stop.set()
         self.load_seconds = time.monotonic() - started
         log(f"load stopped after {self.load_seconds:.1f} s; waiting for the clients")
-        hung = []
         deadline = time.monotonic() + 180
-        for thread in threads + [killer, reloader]:
+        hung = []
+        for thread in [killer, reloader, pgbench]:
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+            if thread.is_alive():
+                hung.append(thread.name)
+        clients = [t for t in threads if isinstance(t, Client)]
+        with self.idle_lock:
+            self.idle_lock.wait_for(lambda: self.idle_clients == len(clients),
+                                    timeout=max(0.1, deadline - time.monotonic()))
+            idle = self.idle_clients
+        self.check(idle == len(clients) and not hung,
+                   f"the load ended: {idle} of {len(clients)} client sessions idle ({hung or 'no thread hung'})")
+        with self.admin("tc-checker-idle") as conn:
+            self.wait_inactive(conn, "with the load stopped and the client sessions still connected and idle")
+        self.release.set()
+        for thread in clients:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
             if thread.is_alive():
                 hung.append(thread.name)
         self.check(not hung, f"every client thread ended after the load ({hung or 'all did'})")
         self.pgbench_runs = pgbench.runs
+
+    def wait_inactive(self, conn, when):
+        """Polls until every budget instance has active = 0 (statements that
+        lost their client may still be finishing): 30 s at most."""
+        deadline = time.monotonic() + 30
+        while True:
+            busy = conn.execute("SELECT budget, instance, active FROM traffic_control.budget_status "
+                                "WHERE active <> 0").fetchall()
+            if not busy or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.check(not busy, f"every budget instance has active = 0 {when} ({busy or 'none busy'})")
 
     # ---- after the load ------------------------------------------------------------------
     def settle(self, conn):
@@ -877,14 +927,7 @@ class Run:
                 break
             time.sleep(0.2)
         self.check(left == 0, f"every client backend exited after the load ({left} left)")
-        deadline = time.monotonic() + 30
-        while True:
-            busy = conn.execute("SELECT budget, instance, active FROM traffic_control.budget_status "
-                                "WHERE active <> 0").fetchall()
-            if not busy or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        self.check(not busy, f"every budget instance has active = 0 after the load ({busy or 'none busy'})")
+        self.wait_inactive(conn, "once the clients are gone")
 
     def check_counters(self, conn, identities=True):
         """The identities between the server's counters and what the clients
