@@ -209,32 +209,39 @@ class Client(threading.Thread):
         self.rng = random.Random(seed)
         self.app = f"{cls}-{index}"
         self.conn = None
+        self.track = None  # of self.conn
         self.inflight = []  # families of the statements the current round trip may decide
         self.ops = [
             (self.op_single, 30), (self.op_transaction, 8), (self.op_cursor, 8),
             (self.op_nested, 6), (self.op_do, 4), (self.op_multi, 4), (self.op_copy, 3),
             (self.op_error_after_admission, 3), (self.op_prepared, 4), (self.op_cpu, 6),
             (self.op_parallel, 2), (self.op_disabled, 2), (self.op_client_encoding, 2),
+            (self.op_function_cursor, 3),
         ]
         if cls == "chaos":
             self.ops += [
                 (self.op_statement_timeout, 10), (self.op_cursor_left_open, 6),
                 (self.op_idle_timeout, 2), (self.op_disconnect, 4), (self.op_procedure, 4),
-                (self.op_function_cursor, 3), (self.op_pipeline, 4),
+                (self.op_pipeline, 4),
             ]
 
     # ---- connections -------------------------------------------------------
     def connect(self, app=None):
-        """A new session (tracking nested statements too); retried, since a
-        cancel or terminate can hit a chaos session while it is set up."""
+        """A new session; retried, since a cancel or terminate can hit a chaos
+        session while it is set up. The client's own session admits nested
+        statements (track = all) or only top-level ones (track = top, where a
+        cursor a function opens is admitted at its first top-level fetch)."""
         deadline = time.monotonic() + 60
+        track = self.rng.choice(["all", "top"])
         while True:
             conn = None
             try:
                 conn = psycopg.connect(self.run_.dsn, application_name=app or self.app,
                                        autocommit=True, connect_timeout=10)
                 conn.add_notice_handler(self.on_notice)
-                conn.execute("SET traffic_control.track = 'all'")
+                conn.execute(f"SET traffic_control.track = '{track}'")
+                if app is None:
+                    self.track = track
                 return conn
             except psycopg.Error as exc:
                 if conn is not None:
@@ -389,10 +396,11 @@ class Client(threading.Thread):
                                  self.rng.random() < 0.5)).fetchone()
         self.inflight = []
         ok, refused, failed = row
-        if ok + refused + failed != n:
-            self.run_.ledger.fail(f"{self.name}: chaos_nested returned {row} for {n}")
-        self.admitted(family, ok + failed)
-        self.refused(family, refused)
+        if ok + refused + failed != n or (self.track == "top" and refused):
+            self.run_.ledger.fail(f"{self.name}: chaos_nested returned {row} for {n} (track {self.track})")
+        if self.track == "all":  # else its statements are not admitted
+            self.admitted(family, ok + failed)
+            self.refused(family, refused)
 
     def op_do(self):
         family, tenant = self.pick()
@@ -489,6 +497,31 @@ class Client(threading.Thread):
         self.execute(["e"], f"SELECT pg_sleep(0.002) {tag('e', self.cls, tenant)}")
         self.conn.execute("RESET client_encoding")
 
+    def op_function_cursor(self):
+        """A cursor a function opens, used at top level: admitted when it is
+        opened (track = all: a nested statement) or at its first top-level
+        FETCH or MOVE (track = top); never when it is closed unfetched."""
+        family, tenant = self.pick()
+        at_open = self.track == "all"
+        variant = self.rng.choice(["fetch", "move", "fetch_twice", "close_unfetched", "rollback"])
+        self.conn.execute("BEGIN")
+        opened = ("SELECT chaos_open_cursor(%s)", (tag_body(family, self.cls, tenant),))
+        if at_open:
+            self.execute([family], *opened)
+        else:
+            self.conn.execute(*opened)
+        if variant == "close_unfetched":
+            self.conn.execute('CLOSE "chaos_cur"')
+        else:
+            first = 'MOVE 10 IN "chaos_cur"' if variant == "move" else 'FETCH 10 FROM "chaos_cur"'
+            if at_open:
+                self.conn.execute(first)
+            else:
+                self.execute([family], first)
+            if variant == "fetch_twice":
+                self.conn.execute('FETCH 10 FROM "chaos_cur"')
+        self.conn.execute("ROLLBACK" if variant == "rollback" else "COMMIT")
+
     # chaos-only operations ---------------------------------------------------
     def op_statement_timeout(self):
         family, tenant = self.pick()
@@ -542,23 +575,12 @@ class Client(threading.Thread):
 
     def op_procedure(self):
         """CALL (a utility statement, admitted in w) of a procedure that
-        commits between its nested statements (track = all)."""
+        commits between its nested statements (admitted with track = all)."""
         family, tenant = self.pick()
         n = self.rng.randint(1, 3)
         body = tag_body(family, self.cls, tenant).replace("'", "''")
-        self.execute(["w"] + [family] * n,
-                     f"CALL chaos_proc('{body}', {n}) {tag('w', self.cls)}")
-
-    def op_function_cursor(self):
-        """A cursor opened inside a function and fetched at top level."""
-        family, tenant = self.pick()
-        self.conn.execute("BEGIN")
-        self.inflight = [family]
-        self.conn.execute("SELECT chaos_open_cursor(%s)", (tag_body(family, self.cls, tenant),))
-        self.conn.execute('FETCH 10 FROM "chaos_cur"')
-        self.conn.execute("COMMIT")
-        self.inflight = []
-        self.uncertain(family)  # admitted when opened or at the fetch: either is fine
+        nested = [family] * n if self.track == "all" else []
+        self.execute(["w"] + nested, f"CALL chaos_proc('{body}', {n}) {tag('w', self.cls)}")
 
     def op_pipeline(self):
         families = [self.rng.choice(FAMILIES) for _ in range(self.rng.randint(2, 4))]
@@ -1198,6 +1220,10 @@ class Run:
             s = self.server[f]
             log(f"  server, family {f}: admitted {s['admitted']}, blocked {s['blocked']}, "
                 f"warned {s['warned']}, queued {s['queued']}")
+        log(f"  server, all families: {sum(self.server[f]['admitted'] for f in FAMILIES)} statements admitted, "
+            f"{sum(self.server[f]['blocked'] for f in FAMILIES)} refused, "
+            f"{sum(self.server[f]['queued'] for f in FAMILIES)} queued")
+        log(f"  run time {time.monotonic() - self.started:.0f} s (setup, load, checks)")
         for key in sorted(led.events):
             log(f"  {key}: {led.events[key]}")
         for key in sorted(self.log_counts):
@@ -1206,6 +1232,7 @@ class Run:
     def main(self):
         log(f"seed {self.args.seed} (replay: test/chaos/chaos.sh --seed {self.args.seed} "
             f"--duration {self.args.duration} --cancels {self.args.cancels})")
+        self.started = time.monotonic()
         self.setup()
         self.load()
         with self.admin("tc-checker") as conn:
