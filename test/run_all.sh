@@ -169,6 +169,24 @@ if ls regress/t/*.pl >/dev/null 2>&1; then
   record "TAP" "$tap_ok" "$tap_failed"
 fi
 
+# ---- chaos under load (test/chaos/chaos.sh, docs/testing.md) --------------
+# 75 s of pgbench and psycopg traffic on enforce budgets with queues while
+# backends are cancelled and terminated, statements time out, clients vanish
+# and the configuration is reloaded with budgets renamed; then no slot may be
+# held, no backend may have crashed and the counters must add up. Its own
+# cluster; a random seed (printed, to replay a failure).
+tc_log "chaos under load (75 s)"
+set +e
+test/chaos/chaos.sh --duration 75 2>&1 | tee "$WORK/chaos.log"
+chaos_status=${PIPESTATUS[0]}
+set -e
+chaos_passed=$(sed -n 's/^chaos: \([0-9]*\) checks passed, \([0-9]*\) failed$/\1/p' "$WORK/chaos.log")
+chaos_failed=$(sed -n 's/^chaos: \([0-9]*\) checks passed, \([0-9]*\) failed$/\2/p' "$WORK/chaos.log")
+chaos_passed=${chaos_passed:-0}
+chaos_failed=${chaos_failed:-0}
+if [ "$chaos_status" -ne 0 ] && [ "$chaos_failed" -eq 0 ]; then chaos_failed=1; fi
+record "chaos" "$chaos_passed" "$chaos_failed"
+
 tc_log "summary"
 if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then
   echo "failing suites: ${FAILED_SUITES[*]}"
