@@ -134,6 +134,9 @@ fill_builtins(tc_statement *statement)
 		cached_user_id = user_id;
 	}
 	statement->username = cached_user_name[0] ? cached_user_name : NULL;
+	/* The estimator learns per (role, database, query id). */
+	statement->user_id = (uint32) user_id;
+	statement->database_id = (uint32) MyDatabaseId;
 
 	if (cached_database == NULL && OidIsValid(MyDatabaseId))
 	{

@@ -13,6 +13,10 @@
 namespace tc {
 namespace {
 
+// The role and database OIDs of the fixture's statements.
+constexpr std::uint32_t kUserId = 16384;
+constexpr std::uint32_t kDatabaseId = 5;
+
 class MutexLock final : public TableLock {
  public:
   void LockExclusive() override { mutex_.lock(); }
@@ -61,6 +65,8 @@ class AdmissionTest : public ::testing::Test {
     statement.database = "shop";
     statement.command = "select";
     statement.query_id = 42;
+    statement.user_id = kUserId;
+    statement.database_id = kDatabaseId;
     statement.plan_cost = 100;
     statement.server_cores = 4;
     statement.message_prefix = "[PGINSIGHTS] Traffic Control:";
@@ -394,6 +400,74 @@ TEST_F(AdmissionTest, ARefusedStatementAsksForNoCpuPriority) {
   const Decision decision = controller_.Admit(Statement("SELECT 1"), AttemptKind::kFinal);
   EXPECT_EQ(decision.outcome, Decision::Outcome::kRefused);
   EXPECT_EQ(decision.cpu_priority, 0);
+}
+
+// Predictions are per (role, database, query id), and so is the backend's
+// cache of them: after a SET ROLE the same query id and plan cost do not
+// reuse the other role's prediction.
+TEST_F(AdmissionTest, ASetRoleDoesNotReuseTheOtherRolesPrediction) {
+  Configure(R"([{"name":"critical","mode":"enforce","per_query_limit":0.5}])",
+            R"([{"budget":"critical","match":{"priority":"critical"}}])");
+  auto statement = Statement("SELECT * FROM big /*priority='critical'*/");
+  // The role learns a cheap pattern (predicted under 0.5 ms: cached).
+  const Decision learn = controller_.Admit(statement, AttemptKind::kFinal);
+  controller_.Release(learn.holding, 0.0001, /*completed=*/true);
+  const Decision cached = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_TRUE(cached.predicted_seconds.has_value());
+  EXPECT_DOUBLE_EQ(*cached.predicted_seconds, 0.0001);
+  controller_.Release(cached.holding);
+
+  // SET ROLE: another role, the same query id and plan cost: it has no
+  // history, so its prediction is unknown.
+  statement.user_id = kUserId + 1;
+  const Decision other = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(other.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_FALSE(other.predicted_seconds.has_value());
+  controller_.Release(other.holding, 3.0, /*completed=*/true);  // k 0.03, its own
+  const Decision other_again = controller_.Admit(statement, AttemptKind::kFinal);
+  EXPECT_EQ(other_again.outcome, Decision::Outcome::kRefused);
+  ASSERT_TRUE(other_again.predicted_seconds.has_value());
+  EXPECT_NEAR(*other_again.predicted_seconds, 3.0, 1e-9);
+
+  // RESET ROLE: the first role's prediction is what it was.
+  statement.user_id = kUserId;
+  const Decision back = controller_.Admit(statement, AttemptKind::kFinal);
+  EXPECT_EQ(back.outcome, Decision::Outcome::kAdmitted);
+  ASSERT_TRUE(back.predicted_seconds.has_value());
+  EXPECT_DOUBLE_EQ(*back.predicted_seconds, 0.0001);
+  controller_.Release(back.holding);
+  // Another database, the same role: its own history (none).
+  statement.database_id = kDatabaseId + 1;
+  const Decision other_database = controller_.Admit(statement, AttemptKind::kFinal);
+  EXPECT_FALSE(other_database.predicted_seconds.has_value());
+  controller_.ReleaseAll();
+
+  const std::vector<PatternSnapshot> patterns = patterns_->Snapshot();
+  ASSERT_EQ(patterns.size(), 2u);  // query id 42 once per role
+  EXPECT_EQ(patterns[0].query_id, 42u);
+  EXPECT_EQ(patterns[0].user_id, kUserId);
+  EXPECT_EQ(patterns[1].query_id, 42u);
+  EXPECT_EQ(patterns[1].user_id, kUserId + 1);
+}
+
+// A statement teaches the estimator for the role it was admitted as, even
+// when the role changed before it ended (SET ROLE inside a function, a
+// cursor fetched later).
+TEST_F(AdmissionTest, AStatementIsLearnedForTheRoleItWasAdmittedAs) {
+  Configure(R"([{"name":"critical","mode":"warn","per_query_limit":0.5}])",
+            R"([{"budget":"critical","match":{"priority":"critical"}}])");
+  auto statement = Statement("SELECT * FROM big /*priority='critical'*/");
+  const Decision first = controller_.Admit(statement, AttemptKind::kFinal);
+  statement.user_id = kUserId + 7;
+  const Decision second = controller_.Admit(statement, AttemptKind::kFinal);
+  controller_.Release(first.holding, 1.0, /*completed=*/true);
+  const std::vector<PatternSnapshot> patterns = patterns_->Snapshot();
+  ASSERT_EQ(patterns.size(), 1u);
+  EXPECT_EQ(patterns[0].user_id, kUserId);
+  EXPECT_EQ(patterns[0].database_id, kDatabaseId);
+  EXPECT_EQ(patterns[0].calls, 1u);
+  controller_.Release(second.holding, 2.0, /*completed=*/true);
+  EXPECT_EQ(patterns_->Snapshot().size(), 2u);
 }
 
 }  // namespace

@@ -15,6 +15,10 @@
 namespace tc {
 namespace {
 
+// The role and database OIDs of the fixture's statements.
+constexpr std::uint32_t kUserId = 16384;
+constexpr std::uint32_t kDatabaseId = 5;
+
 class MutexLock final : public TableLock {
  public:
   void LockExclusive() override { mutex_.lock(); }
@@ -70,6 +74,8 @@ class ExplainTest : public ::testing::Test {
     statement.database = "shop";
     statement.command = "select";
     statement.query_id = 42;
+    statement.user_id = kUserId;
+    statement.database_id = kDatabaseId;
     statement.plan_cost = 100;
     statement.server_cores = 4;
     statement.message_prefix = "[PGINSIGHTS] Traffic Control:";
@@ -183,7 +189,8 @@ TEST_F(ExplainTest, PredictsOnlyWhereACostLimitApplies) {
   Configure(
       R"([{"name":"cheap","mode":"enforce","per_query_limit":0.001},{"name":"count","mode":"enforce","max_concurrent":5}])",
       R"([{"name":"cheap","budget":"cheap","match":{"route":"cost"}},{"name":"count","budget":"count","match":{"route":"count"}}])");
-  patterns_->Record(42, 100, 0.5);  // k = 0.005 CPU-s per unit of cost
+  patterns_->Record(PatternKey{kUserId, kDatabaseId, 42}, 100,
+                    0.5);  // k = 0.005 CPU-s per unit of cost
   const Explanation cost = controller_.Explain(Statement("SELECT 1 /*route='cost'*/"));
   ASSERT_TRUE(cost.predicted_seconds.has_value());
   EXPECT_DOUBLE_EQ(*cost.predicted_seconds, 0.5);

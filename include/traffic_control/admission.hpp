@@ -24,6 +24,10 @@ struct StatementInfo {
   std::string_view text;  // the statement's own text
   std::optional<std::string_view> username, application_name, remote_address, database, command;
   std::optional<std::int64_t> query_id;
+  // The role (current user) and database OIDs: with the query id, the key
+  // the estimator learns and predicts per (as pg_stat_statements).
+  std::uint32_t user_id = 0;
+  std::uint32_t database_id = 0;
   int parallel_workers = 0;
   double plan_cost = -1;    // < 0: none
   double server_cores = 1;  // CPU-seconds per second of a full server
@@ -154,7 +158,7 @@ class AdmissionController {
   // Records what an admission holds (its slots, and whether the estimator
   // learns from it); returns its token, 0 when it holds nothing. On an
   // exception nothing is recorded.
-  std::int64_t Hold(const AdmitResult& result, bool learn, std::uint64_t query_id,
+  std::int64_t Hold(const AdmitResult& result, bool learn, const PatternKey& pattern,
                     double plan_cost);
   // Adds `statements` to the counter of the rule of every match.
   void CountMatches(std::uint32_t statements = 1);
@@ -209,7 +213,7 @@ class AdmissionController {
     std::int64_t token = 0;  // Decision::holding
     // Most statements match one or two budgets: no allocation for them.
     absl::InlinedVector<Holding, 2> holdings;
-    std::uint64_t query_id = 0;  // 0: none
+    PatternKey pattern;  // as admitted (a later SET ROLE does not move it)
     double plan_cost = -1;
     bool learn = false;  // record the CPU time in the estimator
   };
@@ -218,14 +222,16 @@ class AdmissionController {
   std::vector<Held> holdings_;
   std::int64_t next_holding_ = 1;
 
-  // Backend-local cache of known predictions, keyed by pattern and plan cost
-  // (a prepared statement's generic plan keeps its cost): most statements
+  // Backend-local cache of known predictions, keyed by pattern (role,
+  // database and query id: after a SET ROLE the other role's predictions are
+  // not reused) and plan cost (a prepared statement's generic plan keeps its
+  // cost): most statements
   // then touch no shared cache line of the estimator. An entry is asked again
   // after kPredictionReuses uses or kPredictionMaxAgeUs; unknown predictions
   // are never cached, so a new pattern is learned as soon as it is recorded.
   // `now_us`: the statement's wall clock (read by the caller anyway; a step
   // back only makes the entry be asked again).
-  std::optional<double> CachedPredict(std::uint64_t query_id, double plan_cost,
+  std::optional<double> CachedPredict(const PatternKey& pattern, double plan_cost,
                                       std::int64_t now_us);
   static constexpr std::uint32_t kPredictionReuses = 64;
   // Only cheap statements use the cache: for them the shared lookup costs as
@@ -241,21 +247,22 @@ class AdmissionController {
     std::uint32_t uses = 0;
   };
   struct PredictionKey {
-    std::uint64_t query_id;
+    PatternKey pattern;
     double plan_cost;
     bool operator==(const PredictionKey& o) const {
-      return query_id == o.query_id && plan_cost == o.plan_cost;
+      return pattern == o.pattern && plan_cost == o.plan_cost;
     }
     template <typename H>
     friend H AbslHashValue(H h, const PredictionKey& key) {
-      return H::combine(std::move(h), key.query_id, key.plan_cost);
+      return H::combine(std::move(h), key.pattern.query_id, key.pattern.user_id,
+                        key.pattern.database_id, key.plan_cost);
     }
   };
   absl::flat_hash_map<PredictionKey, CachedPrediction> predictions_;
   // The entry CachedPredict used last (into predictions_; nullptr after any
   // change of the map) and its key.
   CachedPrediction* recent_prediction_ = nullptr;
-  PredictionKey recent_prediction_key_{0, 0};
+  PredictionKey recent_prediction_key_{PatternKey{}, 0};
   // Per-statement scratch, reused to keep the hot path allocation-light.
   Metadata metadata_;
   std::vector<Tag> tags_;

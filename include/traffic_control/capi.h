@@ -74,6 +74,9 @@ typedef struct tc_statement
 	const char *command;		/* select, insert, update, delete, merge, utility */
 	int64_t		query_id;
 	bool		has_query_id;
+	uint32_t	user_id;		/* the current role's OID (GetUserId()) */
+	uint32_t	database_id;	/* MyDatabaseId; with these two, the estimator's
+								 * pattern key, as pg_stat_statements' */
 	int			parallel_workers;	/* planned workers; the statement counts 1 + this */
 	double		plan_cost;		/* planner total cost; <0 when none (utility) */
 	double		server_cores;	/* CPU-seconds per second of a full server */
@@ -187,10 +190,17 @@ typedef struct tc_rule_status_row
 
 bool		tc_rule_status(const tc_rule_status_row **rows, size_t *count);
 
-/* traffic_control.pattern_estimates: one row per learned query pattern. */
+/*
+ * traffic_control.pattern_estimates: one row per learned query pattern, that
+ * is per (role, database, query id) as pg_stat_statements keys its entries,
+ * ordered by query id, role, database. A query id repeats when several roles
+ * or databases run it.
+ */
 typedef struct tc_pattern_row
 {
 	int64_t		query_id;
+	uint32_t	user_id;		/* the role's OID */
+	uint32_t	database_id;	/* the database's OID */
 	uint64_t	calls;
 	double		mean_cpu_seconds;
 	double		mean_plan_cost;

@@ -10,6 +10,17 @@
 
 namespace tc {
 
+namespace {
+
+// What the estimator learns the statement's cost per: its role, database
+// and query id (0: none).
+PatternKey PatternOf(const StatementInfo& statement) {
+  return PatternKey{statement.user_id, statement.database_id,
+                    statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0};
+}
+
+}  // namespace
+
 void BuildMetadata(const StatementInfo& statement, Metadata* metadata, const RuleSet* only_keys_of,
                    std::vector<Tag>* tags_scratch) {
   metadata->Clear();
@@ -101,10 +112,9 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
   if (matches_.empty()) return false;
   *has_cost_limit = matches_have_cost_limit_;
 
-  const std::uint64_t query_id =
-      statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
-  if (*has_cost_limit && patterns_ != nullptr && query_id != 0) {
-    *predicted = CachedPredict(query_id, statement.plan_cost, statement.wall_now_us);
+  const PatternKey pattern = PatternOf(statement);
+  if (*has_cost_limit && patterns_ != nullptr && pattern.query_id != 0) {
+    *predicted = CachedPredict(pattern, statement.plan_cost, statement.wall_now_us);
   }
 
   const std::uint32_t weight =
@@ -373,8 +383,7 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
   bool has_cost_limit = false;
   if (!Prepare(statement, &predicted, &has_cost_limit)) return;
   decision.predicted_seconds = predicted;
-  const std::uint64_t query_id =
-      statement.query_id ? static_cast<std::uint64_t>(*statement.query_id) : 0;
+  const PatternKey pattern = PatternOf(statement);
 
   AdmitResult& result = admit_result_;
   table_->Admit(requests_, attempt, statement.wall_now_us, &result);
@@ -398,9 +407,9 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
         decision.cpu_priority = std::max(decision.cpu_priority, budget.cpu_priority);
       }
     }
-    const bool learn = has_cost_limit && patterns_ != nullptr && query_id != 0;
+    const bool learn = has_cost_limit && patterns_ != nullptr && pattern.query_id != 0;
     try {
-      decision.holding = Hold(result, learn, query_id, statement.plan_cost);
+      decision.holding = Hold(result, learn, pattern, statement.plan_cost);
     } catch (...) {
       // Not recorded, so nothing could ever give the slots back: now.
       for (const Holding& holding : result.holdings) {
@@ -445,7 +454,7 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
 }
 
 std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,
-                                       std::uint64_t query_id, double plan_cost) {
+                                       const PatternKey& pattern, double plan_cost) {
   bool holds = learn;
   for (const Holding& holding : result.holdings) holds |= holding.slot != Holding::kUntrackedSlot;
   if (!holds) return 0;
@@ -455,16 +464,16 @@ std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,
   }
   Held& held = holdings_.emplace_back();
   held.holdings = std::move(slots);
-  held.query_id = query_id;
+  held.pattern = pattern;
   held.plan_cost = plan_cost;
   held.learn = learn;
   held.token = next_holding_++;
   return held.token;
 }
 
-std::optional<double> AdmissionController::CachedPredict(std::uint64_t query_id, double plan_cost,
-                                                         std::int64_t now) {
-  const PredictionKey key{query_id, plan_cost};
+std::optional<double> AdmissionController::CachedPredict(const PatternKey& pattern,
+                                                         double plan_cost, std::int64_t now) {
+  const PredictionKey key{pattern, plan_cost};
   // The last entry used is asked first: a backend mostly repeats a statement.
   CachedPrediction* entry = recent_prediction_;
   if (entry == nullptr || !(recent_prediction_key_ == key)) {
@@ -480,7 +489,7 @@ std::optional<double> AdmissionController::CachedPredict(std::uint64_t query_id,
     return entry->seconds;
   }
   recent_prediction_ = nullptr;  // the map may change below, moving its entries
-  const std::optional<double> predicted = patterns_->Predict(query_id, plan_cost);
+  const std::optional<double> predicted = patterns_->Predict(pattern, plan_cost);
   if (!predicted) {
     if (entry != nullptr) predictions_.erase(key);
     return predicted;
@@ -539,7 +548,7 @@ bool AdmissionController::Release(std::int64_t holding, std::optional<double> cp
     for (const Holding& h : held.holdings) wake |= table_->Release(h, cpu_seconds);
   }
   if (completed && held.learn && cpu_seconds && patterns_ != nullptr) {
-    patterns_->Record(held.query_id, held.plan_cost, *cpu_seconds);
+    patterns_->Record(held.pattern, held.plan_cost, *cpu_seconds);
   }
   return wake;
 }

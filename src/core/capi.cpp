@@ -167,6 +167,8 @@ tc::StatementInfo ToInfo(const tc_statement& statement, const tc::RuleSet* only_
   info.database = value(tc::kDatabase, statement.database);
   info.command = value(tc::kCommand, statement.command);
   if (statement.has_query_id) info.query_id = statement.query_id;
+  info.user_id = statement.user_id;
+  info.database_id = statement.database_id;
   info.parallel_workers = statement.parallel_workers;
   info.plan_cost = statement.plan_cost;
   info.server_cores = statement.server_cores;
@@ -471,6 +473,8 @@ bool tc_pattern_estimates(const tc_pattern_row** rows, size_t* count) {
       tc_pattern_row& out = state.pattern_rows.emplace_back();
       // The query id's bits, as PostgreSQL shows it (a signed bigint).
       out.query_id = static_cast<std::int64_t>(pattern.query_id);
+      out.user_id = pattern.user_id;
+      out.database_id = pattern.database_id;
       out.calls = pattern.calls;
       out.mean_cpu_seconds = pattern.mean_cpu_seconds;
       out.mean_plan_cost = pattern.mean_plan_cost;

@@ -1,42 +1,59 @@
-// Pattern table: one entry per query pattern (query id), shared by every
-// backend through PostgreSQL shared memory, plus the global averages behind
-// the global k.
+// Pattern table: one entry per query pattern — (role, database, query id) —
+// shared by every backend through PostgreSQL shared memory, plus one
+// fallback entry per (role, database) behind the k of that role's unseen
+// patterns there.
 //
 // Layout (one contiguous block of RequiredBytes(capacity) bytes, formatted once
 // by Initialize; plain structs, offsets and int32 slot numbers, no pointers):
-//   PatternHeader                      magic/version, capacity, free list,
-//                                      eviction hand, hash seed, global
-//                                      averages (with their own spinlock)
-//   PatternEntry entries[capacity]     spinlock, query id, averages, last use
-//   int32 index[index_size]            open addressing on the query id: power
-//                                      of two >= 2 x capacity, linear probing,
+//   PatternHeader                      magic/version, capacity, used count,
+//                                      eviction hand, hash seed (64 bytes)
+//   PatternEntry entries[capacity]     64 bytes each, from offset 64, so on a
+//                                      64-byte aligned block (PostgreSQL's
+//                                      shared memory is) each entry is one
+//                                      cache line: spinlock, in-use marker,
+//                                      key, averages, last use
+//   int32 index[index_size]            open addressing on the key (role,
+//                                      database, query id): power of two >=
+//                                      2 x capacity, linear probing,
 //                                      backward-shift deletion
-// An entry is free (query_id 0, on the free list) or in use (indexed). A new
-// pattern takes a free entry, else evicts the least recently used of the next
-// kEvictionSample entries after a clock hand (approximate LRU, O(1)).
+// An entry is free (in_use 0) or in use (in_use 1, indexed). Entries are
+// never freed one at a time (an eviction reuses the entry in place; only
+// Reset frees, all at once), so the free entries are always the slots from
+// used_count on: a new entry takes slot used_count while there is one, else
+// evicts the least recently used of the next kEvictionSample entries after
+// a clock hand (approximate LRU, O(1)). Fallback entries are evicted like
+// patterns.
+//
+// Keys: a pattern is (user id, database id, query id != 0). Query id 0 is
+// never a PostgreSQL query id (the jumble turns a 0 hash into 1); the key
+// (user id, database id, 0) is the fallback entry of that role in that
+// database. The in-use marker, not the key, tells free entries apart: any
+// key, all zeros included, can be stored.
 //
 // Model: per pattern, exponential moving averages (alpha kPatternAlpha, the
 // first sample as is) of CPU-seconds over all samples (mean_cpu: predicts
 // statements without a usable plan cost), and of plan cost and CPU-seconds
 // over the samples with a positive finite plan cost (k = mean_cpu_costed /
-// mean_cost, so k is a ratio of averages of the same samples). Globally the
-// same two costed averages with kGlobalAlpha give the global k; they take
-// every sample without a query id, and of each pattern its first
-// kGlobalSampleEvery samples and every kGlobalSampleEvery-th after that (so
-// the global spinlock is not a cache line every statement writes).
+// mean_cost, so k is a ratio of averages of the same samples; `costed` says
+// there was one). A fallback entry keeps the same two costed averages with
+// kFallbackAlpha, which give the fallback k of its role and database; they
+// take that role's samples without a query id, and of each of its patterns
+// its first kFallbackSampleEvery samples and every kFallbackSampleEvery-th
+// after that (so the fallback's spinlock is not a cache line every
+// statement of the role writes). Nothing another role runs feeds them.
 //
 // Locking rules:
 // - The table lock (`lock_`, its own LWLock in PostgreSQL) guards the index,
-//   the free list, the eviction hand and every entry's identity (query_id).
-//   Exclusive: adding or evicting a pattern (Record of an unseen pattern),
-//   Reset, ConsistencyProblem. Shared: Predict, Record of a stored pattern,
-//   Snapshot.
-// - An entry's `state` is guarded by its spinlock (`spin`, __atomic exchange
-//   on a plain uint32), taken while holding the table lock in either mode; at
-//   most one entry spinlock at a time.
-// - The global averages are guarded by the header's `global_spin` alone (no
-//   table lock needed); Reset takes it too. Never taken while holding an
-//   entry spinlock, and vice versa.
+//   the used count, the eviction hand and every entry's identity (in_use and
+//   the key). Exclusive: adding or evicting an entry (Record of an unseen
+//   pattern or of a role without a fallback yet), Reset,
+//   ConsistencyProblem. Shared: Predict, Record of a stored pattern,
+//   Snapshot. An attachment's fallback hint is only read under the lock,
+//   and trusted only when the entry's identity matches.
+// - An entry's `state` and `costed` are guarded by its spinlock (`spin`,
+//   __atomic exchange on a plain uint32), taken while holding the table lock
+//   in either mode; at most one entry spinlock at a time (a pattern's and
+//   its fallback's are taken one after the other, never together).
 // - Under a spinlock: only loads, stores and arithmetic; no calls that can
 //   block, allocate or throw. Waiting spins with a CPU pause, then yields.
 // - Always through guards, so an exception cannot leave anything locked.
@@ -58,53 +75,58 @@ namespace tc {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x5443504154544e53ULL;  // "TCPATTNS"
-constexpr std::uint32_t kLayoutVersion = 1;
+// 2: keyed by (user id, database id, query id), in-use marker, per-role
+// fallback entries instead of global averages, 64-byte entries.
+constexpr std::uint32_t kLayoutVersion = 2;
 constexpr std::int32_t kNoSlot = -1;
 constexpr int kEvictionSample = 16;
-
-struct GlobalState {
-  std::uint64_t samples;  // costed samples, saturating
-  double mean_cost;
-  double mean_cpu;
-};
+constexpr std::size_t kCacheLine = 64;
 
 struct PatternHeader {
   std::uint64_t magic;
   std::uint32_t version;
   std::uint32_t capacity;
   std::uint32_t index_size;  // power of two
-  std::uint32_t used_count;
-  std::uint64_t hash_seed;  // random per Initialize
+  std::uint32_t used_count;  // entries [0, used_count) are in use, the rest free
+  std::uint64_t hash_seed;   // random per Initialize
   std::uint64_t entries_offset;
   std::uint64_t index_offset;
   std::uint64_t total_bytes;
-  std::int32_t free_head;    // singly linked through PatternEntry::next
   std::uint32_t clock_hand;  // where the next eviction scan starts
-  std::uint32_t global_spin;
   std::uint32_t reserved;
-  GlobalState global;
 };
 
 struct PatternState {
-  std::uint64_t calls;         // samples, saturating
-  std::uint64_t cost_samples;  // samples with a usable plan cost, saturating
-  double mean_cpu;             // all samples
-  double mean_cost;            // costed samples
-  double mean_cpu_costed;      // costed samples
-  std::int64_t last_used_us;   // monotonic clock; never moves backwards
+  std::uint64_t calls;        // samples, saturating
+  double mean_cpu;            // all samples
+  double mean_cost;           // costed samples
+  double mean_cpu_costed;     // costed samples
+  std::int64_t last_used_us;  // monotonic clock; never moves backwards
 };
 
 struct PatternEntry {
   std::uint32_t spin;
-  std::int32_t next;       // free list
-  std::uint64_t query_id;  // 0 = free; written only under the exclusive lock
-  PatternState state;
+  std::uint8_t in_use;  // identity: written only under the exclusive lock
+  std::uint8_t costed;  // state (spinlock): a sample had a usable plan cost
+  std::uint16_t reserved;
+  // Identity (the key), written only under the exclusive lock; query_id 0:
+  // the fallback entry of (user_id, database_id).
+  std::uint32_t user_id;
+  std::uint32_t database_id;
+  std::uint64_t query_id;
+  PatternState state;  // spinlock
 };
 
 static_assert(std::is_trivially_copyable_v<PatternHeader> &&
               std::is_standard_layout_v<PatternHeader>);
 static_assert(std::is_trivially_copyable_v<PatternEntry> &&
               std::is_standard_layout_v<PatternEntry>);
+// One cache line per entry: a statement's prediction and sample touch one
+// line of the table (plus the index), as they did before the key held the
+// role.
+static_assert(sizeof(PatternEntry) == PatternTable::kEntryBytes &&
+              PatternTable::kEntryBytes == kCacheLine);
+static_assert(sizeof(PatternHeader) <= kCacheLine);
 
 // Spinlocks: SpinWordGuard from shm_primitives.hpp.
 using SpinGuard = SpinWordGuard;
@@ -131,7 +153,7 @@ Layout ComputeLayout(std::uint32_t capacity) {
   Layout layout;
   layout.index_size = 2;
   while (layout.index_size < 2ull * capacity) layout.index_size *= 2;
-  layout.entries_offset = RoundUp(sizeof(PatternHeader), alignof(PatternEntry));
+  layout.entries_offset = RoundUp(sizeof(PatternHeader), kCacheLine);
   layout.index_offset =
       RoundUp(layout.entries_offset + sizeof(PatternEntry) * capacity, alignof(std::int32_t));
   layout.total_bytes = RoundUp(layout.index_offset + sizeof(std::int32_t) * layout.index_size,
@@ -156,36 +178,51 @@ TableView ViewOf(MemorySpan memory) {
 
 std::uint64_t Mix(std::uint64_t h) { return SplitMix64Finalize(h); }
 
-// --- Index (under the table lock) -------------------------------------------------
-
-std::uint32_t HomeOf(const TableView& table, std::uint64_t query_id) {
-  return static_cast<std::uint32_t>(Mix(query_id ^ table.header->hash_seed)) & table.mask;
+PatternKey KeyOf(const PatternEntry& entry) {
+  return PatternKey{entry.user_id, entry.database_id, entry.query_id};
 }
 
-std::int32_t Find(const TableView& table, std::uint64_t query_id) {
-  for (std::uint32_t pos = HomeOf(table, query_id); table.index[pos] != kNoSlot;
+bool Holds(const PatternEntry& entry, const PatternKey& key) {
+  return entry.in_use != 0 && entry.query_id == key.query_id && entry.user_id == key.user_id &&
+         entry.database_id == key.database_id;
+}
+
+PatternKey FallbackKey(std::uint32_t user_id, std::uint32_t database_id) {
+  return PatternKey{user_id, database_id, 0};
+}
+
+// --- Index (under the table lock) -------------------------------------------------
+
+std::uint32_t HomeOf(const TableView& table, const PatternKey& key) {
+  const std::uint64_t role = (static_cast<std::uint64_t>(key.user_id) << 32) | key.database_id;
+  return static_cast<std::uint32_t>(Mix(Mix(key.query_id ^ table.header->hash_seed) ^ role)) &
+         table.mask;
+}
+
+std::int32_t Find(const TableView& table, const PatternKey& key) {
+  for (std::uint32_t pos = HomeOf(table, key); table.index[pos] != kNoSlot;
        pos = (pos + 1) & table.mask) {
     const std::int32_t slot = table.index[pos];
-    if (table.entries[slot].query_id == query_id) return slot;
+    if (Holds(table.entries[slot], key)) return slot;
   }
   return kNoSlot;
 }
 
 void IndexInsert(const TableView& table, std::int32_t slot) {
-  std::uint32_t pos = HomeOf(table, table.entries[slot].query_id);
+  std::uint32_t pos = HomeOf(table, KeyOf(table.entries[slot]));
   while (table.index[pos] != kNoSlot) pos = (pos + 1) & table.mask;  // at most half full
   table.index[pos] = slot;
 }
 
 void IndexErase(const TableView& table, std::int32_t slot) {
-  std::uint32_t hole = HomeOf(table, table.entries[slot].query_id);
+  std::uint32_t hole = HomeOf(table, KeyOf(table.entries[slot]));
   while (table.index[hole] != slot) hole = (hole + 1) & table.mask;
   std::uint32_t pos = hole;
   for (;;) {
     pos = (pos + 1) & table.mask;
     const std::int32_t other = table.index[pos];
     if (other == kNoSlot) break;
-    const std::uint32_t home = HomeOf(table, table.entries[other].query_id);
+    const std::uint32_t home = HomeOf(table, KeyOf(table.entries[other]));
     if (((pos - home) & table.mask) >= ((pos - hole) & table.mask)) {
       table.index[hole] = other;
       hole = pos;
@@ -194,18 +231,14 @@ void IndexErase(const TableView& table, std::int32_t slot) {
   table.index[hole] = kNoSlot;
 }
 
-// Under the exclusive lock: a free entry, else the least recently used of the
-// next kEvictionSample entries after the clock hand. kNoSlot only when the
-// capacity is 0.
+// Under the exclusive lock: a free entry (the first never used since the
+// last Reset), else the least recently used of the next kEvictionSample
+// entries after the clock hand, taken out of the index. kNoSlot only when
+// the capacity is 0.
 std::int32_t TakeSlot(const TableView& table) {
   PatternHeader& header = *table.header;
-  if (header.free_head != kNoSlot) {
-    const std::int32_t slot = header.free_head;
-    header.free_head = table.entries[slot].next;
-    ++header.used_count;
-    return slot;
-  }
   const std::uint32_t capacity = header.capacity;
+  if (header.used_count < capacity) return static_cast<std::int32_t>(header.used_count++);
   if (capacity == 0) return kNoSlot;
   std::int32_t best = kNoSlot;
   std::uint32_t pos = header.clock_hand % capacity;
@@ -244,21 +277,41 @@ std::optional<double> Ratio(double cpu, double cost) {
   return k;
 }
 
-// Returns the pattern's sample count after this one.
-std::uint64_t RecordIn(PatternState& state, double plan_cost, double cpu_seconds,
+// Under the entry's spinlock. Returns the entry's sample count after this one.
+std::uint64_t RecordIn(PatternEntry& entry, double plan_cost, double cpu_seconds, double alpha,
                        std::int64_t now_us) {
-  state.mean_cpu =
-      Average(state.mean_cpu, cpu_seconds, state.calls == 0, PatternTable::kPatternAlpha);
+  PatternState& state = entry.state;
+  state.mean_cpu = Average(state.mean_cpu, cpu_seconds, state.calls == 0, alpha);
   Increment(state.calls);
   if (UsableCost(plan_cost)) {
-    const bool first = state.cost_samples == 0;
-    state.mean_cost = Average(state.mean_cost, plan_cost, first, PatternTable::kPatternAlpha);
-    state.mean_cpu_costed =
-        Average(state.mean_cpu_costed, cpu_seconds, first, PatternTable::kPatternAlpha);
-    Increment(state.cost_samples);
+    const bool first = entry.costed == 0;
+    state.mean_cost = Average(state.mean_cost, plan_cost, first, alpha);
+    state.mean_cpu_costed = Average(state.mean_cpu_costed, cpu_seconds, first, alpha);
+    entry.costed = 1;
   }
   state.last_used_us = std::max(state.last_used_us, now_us);
   return state.calls;
+}
+
+// What Predict reads of an entry: its k (when it has one) and mean CPU.
+struct Reading {
+  bool found = false;
+  std::uint64_t calls = 0;
+  double mean_cpu = 0;
+  std::optional<double> k;
+};
+
+// Under the table lock: reads the entry under its spinlock and counts the
+// read as a use (for eviction).
+Reading Read(PatternEntry& entry, std::int64_t now_us) {
+  SpinGuard spin(entry.spin);
+  entry.state.last_used_us = std::max(entry.state.last_used_us, now_us);
+  Reading reading;
+  reading.found = true;
+  reading.calls = entry.state.calls;
+  reading.mean_cpu = entry.state.mean_cpu;
+  if (entry.costed != 0) reading.k = Ratio(entry.state.mean_cpu_costed, entry.state.mean_cost);
+  return reading;
 }
 
 std::optional<double> Multiply(double plan_cost, std::optional<double> k) {
@@ -279,7 +332,7 @@ void PatternTable::Initialize(MemorySpan memory, std::uint32_t capacity) {
   CheckTableMemory(memory.data, memory.size, layout.total_bytes, alignof(PatternHeader),
                    "pattern table");
   const std::uint64_t seed = RandomSeed();
-  std::memset(memory.data, 0, layout.total_bytes);
+  std::memset(memory.data, 0, layout.total_bytes);  // every entry free, unlocked
   auto* header = static_cast<PatternHeader*>(memory.data);
   header->magic = kMagic;
   header->version = kLayoutVersion;
@@ -289,11 +342,7 @@ void PatternTable::Initialize(MemorySpan memory, std::uint32_t capacity) {
   header->entries_offset = layout.entries_offset;
   header->index_offset = layout.index_offset;
   header->total_bytes = layout.total_bytes;
-  header->free_head = capacity > 0 ? 0 : kNoSlot;
   const TableView table = ViewOf(memory);
-  for (std::uint32_t slot = 0; slot < capacity; ++slot) {
-    table.entries[slot].next = slot + 1 < capacity ? static_cast<std::int32_t>(slot + 1) : kNoSlot;
-  }
   std::fill(table.index, table.index + layout.index_size, kNoSlot);
 }
 
@@ -312,100 +361,116 @@ std::uint32_t PatternTable::capacity() const {
   return static_cast<const PatternHeader*>(memory_.data)->capacity;
 }
 
-std::optional<double> PatternTable::GlobalK() {
-  PatternHeader& header = *ViewOf(memory_).header;
-  SpinGuard spin(header.global_spin);
-  if (header.global.samples == 0) return std::nullopt;
-  return Ratio(header.global.mean_cpu, header.global.mean_cost);
+std::int32_t PatternTable::Lookup(const PatternKey& key) {
+  const TableView table = ViewOf(memory_);
+  if (key.query_id != 0) return Find(table, key);
+  const std::int32_t hint = fallback_hint_;
+  if (hint >= 0 && static_cast<std::uint32_t>(hint) < table.header->capacity &&
+      Holds(table.entries[hint], key)) {
+    return hint;
+  }
+  const std::int32_t slot = Find(table, key);
+  if (slot != kNoSlot) fallback_hint_ = slot;
+  return slot;
 }
 
-void PatternTable::SetCountersForTest(std::uint64_t query_id, std::uint64_t calls,
-                                      std::uint64_t cost_samples) {
+std::optional<double> PatternTable::FallbackK(std::uint32_t user_id, std::uint32_t database_id) {
+  const TableView table = ViewOf(memory_);
+  SharedGuard guard(lock_);
+  const std::int32_t slot = Find(table, FallbackKey(user_id, database_id));
+  if (slot == kNoSlot) return std::nullopt;
+  PatternEntry& entry = table.entries[slot];
+  SpinGuard spin(entry.spin);
+  if (entry.costed == 0) return std::nullopt;
+  return Ratio(entry.state.mean_cpu_costed, entry.state.mean_cost);
+}
+
+std::uint32_t PatternTable::UsedCount() {
+  SharedGuard guard(lock_);
+  return ViewOf(memory_).header->used_count;
+}
+
+void PatternTable::SetCallsForTest(const PatternKey& key, std::uint64_t calls) {
   const TableView table = ViewOf(memory_);
   ExclusiveGuard guard(lock_);
-  const std::int32_t slot = Find(table, query_id);
+  const std::int32_t slot = Find(table, key);
   if (slot == kNoSlot) return;
   table.entries[slot].state.calls = calls;
-  table.entries[slot].state.cost_samples = cost_samples;
 }
 
-std::optional<double> PatternTable::Predict(std::uint64_t query_id, double plan_cost) {
+std::optional<double> PatternTable::Predict(const PatternKey& key, double plan_cost) {
   const TableView table = ViewOf(memory_);
   const bool costed = UsableCost(plan_cost);
-  bool found = false;
-  PatternState state{};
-  if (query_id != 0) {
-    const std::int64_t now_us = clock_.NowMicros();
+  const std::int64_t now_us = clock_.NowMicros();
+  Reading pattern;
+  std::optional<double> predicted;
+  {
     SharedGuard guard(lock_);
-    const std::int32_t slot = Find(table, query_id);
-    if (slot != kNoSlot) {
-      PatternEntry& entry = table.entries[slot];
-      SpinGuard spin(entry.spin);
-      entry.state.last_used_us = std::max(entry.state.last_used_us, now_us);
-      state = entry.state;
-      found = true;
+    if (key.query_id != 0) {
+      const std::int32_t slot = Find(table, key);
+      if (slot != kNoSlot) pattern = Read(table.entries[slot], now_us);
     }
-  }
-  if (costed) {
-    if (found && state.cost_samples > 0) {
-      if (auto predicted = Multiply(plan_cost, Ratio(state.mean_cpu_costed, state.mean_cost))) {
-        return predicted;
+    if (costed) {
+      predicted = Multiply(plan_cost, pattern.k);
+      if (!predicted) {
+        // An unseen pattern (or one without a k): its role's fallback k.
+        const std::int32_t slot = Lookup(FallbackKey(key.user_id, key.database_id));
+        if (slot != kNoSlot) predicted = Multiply(plan_cost, Read(table.entries[slot], now_us).k);
       }
     }
-    if (auto predicted = Multiply(plan_cost, GlobalK())) return predicted;
   }
-  if (found && state.calls > 0 && std::isfinite(state.mean_cpu)) return state.mean_cpu;
+  if (predicted) return predicted;
+  if (pattern.found && pattern.calls > 0 && std::isfinite(pattern.mean_cpu)) {
+    return pattern.mean_cpu;
+  }
   return std::nullopt;
 }
 
-void PatternTable::Record(std::uint64_t query_id, double plan_cost, double cpu_seconds) {
+void PatternTable::Record(const PatternKey& key, double plan_cost, double cpu_seconds) {
   if (!std::isfinite(cpu_seconds) || cpu_seconds < 0) return;
-  const TableView table = ViewOf(memory_);
   const std::int64_t now_us = clock_.NowMicros();
-  const std::uint64_t calls = RecordPattern(query_id, plan_cost, cpu_seconds, now_us);
-  // The global averages take a sample without a pattern, and a pattern's
-  // first kGlobalSampleEvery samples and every kGlobalSampleEvery-th after:
-  // enough for unseen patterns, and the global spinlock stays cold.
+  const std::uint64_t calls =
+      key.query_id != 0 ? RecordEntry(key, plan_cost, cpu_seconds, kPatternAlpha, now_us) : 0;
+  // The role's fallback takes its samples without a pattern, and a pattern's
+  // first kFallbackSampleEvery samples and every kFallbackSampleEvery-th
+  // after: enough for unseen patterns, and the fallback's line stays cold.
   if (UsableCost(plan_cost) &&
-      (calls == 0 || calls <= kGlobalSampleEvery || calls % kGlobalSampleEvery == 0)) {
-    PatternHeader& header = *table.header;
-    SpinGuard spin(header.global_spin);
-    GlobalState& global = header.global;
-    const bool first = global.samples == 0;
-    global.mean_cost = Average(global.mean_cost, plan_cost, first, kGlobalAlpha);
-    global.mean_cpu = Average(global.mean_cpu, cpu_seconds, first, kGlobalAlpha);
-    Increment(global.samples);
+      (calls == 0 || calls <= kFallbackSampleEvery || calls % kFallbackSampleEvery == 0)) {
+    RecordEntry(FallbackKey(key.user_id, key.database_id), plan_cost, cpu_seconds, kFallbackAlpha,
+                now_us);
   }
 }
 
-std::uint64_t PatternTable::RecordPattern(std::uint64_t query_id, double plan_cost,
-                                          double cpu_seconds, std::int64_t now_us) {
+std::uint64_t PatternTable::RecordEntry(const PatternKey& key, double plan_cost, double cpu_seconds,
+                                        double alpha, std::int64_t now_us) {
   const TableView table = ViewOf(memory_);
-  if (query_id == 0) return 0;
   {
     SharedGuard guard(lock_);
-    const std::int32_t slot = Find(table, query_id);
+    const std::int32_t slot = Lookup(key);
     if (slot != kNoSlot) {
       PatternEntry& entry = table.entries[slot];
       SpinGuard spin(entry.spin);
-      return RecordIn(entry.state, plan_cost, cpu_seconds, now_us);
+      return RecordIn(entry, plan_cost, cpu_seconds, alpha, now_us);
     }
   }
 
   ExclusiveGuard guard(lock_);
-  std::int32_t slot = Find(table, query_id);  // another backend may have added it
+  std::int32_t slot = Lookup(key);  // another backend may have added it
   if (slot == kNoSlot) {
     slot = TakeSlot(table);
     if (slot == kNoSlot) return 0;  // capacity 0
     PatternEntry& entry = table.entries[slot];
     std::memset(&entry, 0, sizeof entry);  // spin = 0: nobody can hold it now
-    entry.query_id = query_id;
-    entry.next = kNoSlot;
+    entry.user_id = key.user_id;
+    entry.database_id = key.database_id;
+    entry.query_id = key.query_id;
+    entry.in_use = 1;
     IndexInsert(table, slot);
+    if (key.query_id == 0) fallback_hint_ = slot;
   }
   PatternEntry& entry = table.entries[slot];
   SpinGuard spin(entry.spin);
-  return RecordIn(entry.state, plan_cost, cpu_seconds, now_us);
+  return RecordIn(entry, plan_cost, cpu_seconds, alpha, now_us);
 }
 
 std::vector<PatternSnapshot> PatternTable::Snapshot() {
@@ -425,28 +490,35 @@ std::vector<PatternSnapshot> PatternTable::Snapshot() {
     if (expected > snapshots.capacity()) continue;  // grew meanwhile: allocate unlocked
     for (std::uint32_t slot = 0; slot < slot_count; ++slot) {
       PatternEntry& entry = table.entries[slot];
-      if (entry.query_id == 0) continue;
+      if (entry.in_use == 0 || entry.query_id == 0) continue;  // free, or a fallback
       PatternState state;
+      bool costed;
       {
         SpinGuard spin(entry.spin);
         state = entry.state;
+        costed = entry.costed != 0;
       }
       PatternSnapshot snapshot;
       snapshot.query_id = entry.query_id;
+      snapshot.user_id = entry.user_id;
+      snapshot.database_id = entry.database_id;
       snapshot.calls = state.calls;
       snapshot.mean_cpu_seconds = state.mean_cpu;
-      snapshot.mean_plan_cost = state.cost_samples > 0 ? state.mean_cost : 0;
+      snapshot.mean_plan_cost = costed ? state.mean_cost : 0;
       snapshot.k = std::numeric_limits<double>::quiet_NaN();
-      if (state.cost_samples > 0) {
+      if (costed) {
         if (auto k = Ratio(state.mean_cpu_costed, state.mean_cost)) snapshot.k = *k;
       }
       snapshots.push_back(snapshot);
     }
     break;
   }
-  std::sort(
-      snapshots.begin(), snapshots.end(),
-      [](const PatternSnapshot& a, const PatternSnapshot& b) { return a.query_id < b.query_id; });
+  std::sort(snapshots.begin(), snapshots.end(),
+            [](const PatternSnapshot& a, const PatternSnapshot& b) {
+              if (a.query_id != b.query_id) return a.query_id < b.query_id;
+              if (a.user_id != b.user_id) return a.user_id < b.user_id;
+              return a.database_id < b.database_id;
+            });
   return snapshots;
 }
 
@@ -455,18 +527,11 @@ void PatternTable::Reset() {
   const std::uint32_t slot_count = capacity();
   ExclusiveGuard guard(lock_);
   PatternHeader& header = *table.header;
-  for (std::uint32_t slot = 0; slot < slot_count; ++slot) {
-    PatternEntry& entry = table.entries[slot];
-    entry.query_id = 0;
-    entry.state = PatternState{};
-    entry.next = slot + 1 < slot_count ? static_cast<std::int32_t>(slot + 1) : kNoSlot;
-  }
+  // No entry spinlock is held: they are taken only under the table lock.
+  std::memset(static_cast<void*>(table.entries), 0, sizeof(PatternEntry) * slot_count);
   std::fill(table.index, table.index + header.index_size, kNoSlot);
-  header.free_head = slot_count > 0 ? 0 : kNoSlot;
   header.used_count = 0;
   header.clock_hand = 0;
-  SpinGuard spin(header.global_spin);
-  header.global = GlobalState{};
 }
 
 std::string PatternTable::ConsistencyProblem() {
@@ -474,34 +539,36 @@ std::string PatternTable::ConsistencyProblem() {
   const std::uint32_t slot_count = capacity();
   ExclusiveGuard guard(lock_);
   const PatternHeader& header = *table.header;
-  std::uint32_t used = 0, free_entries = 0, indexed = 0;
+  if (header.used_count > slot_count) return "used_count above the capacity";
+  std::uint32_t used = 0, indexed = 0;
   for (std::uint32_t slot = 0; slot < slot_count; ++slot) {
     const PatternEntry& entry = table.entries[slot];
     if (entry.spin != 0) return "spinlock held in slot " + std::to_string(slot);
-    if (entry.query_id == 0) continue;
-    ++used;
-    if (Find(table, entry.query_id) != static_cast<std::int32_t>(slot)) {
-      return "pattern not found through the index in slot " + std::to_string(slot);
+    if (entry.in_use > 1) return "bad in-use marker in slot " + std::to_string(slot);
+    if ((entry.in_use != 0) != (slot < header.used_count)) {
+      return "in-use marker disagrees with used_count in slot " + std::to_string(slot);
     }
-    if (entry.state.calls == 0) return "stored pattern without calls";
+    if (entry.in_use == 0) continue;
+    ++used;
+    if (Find(table, KeyOf(entry)) != static_cast<std::int32_t>(slot)) {
+      return "entry not found through the index in slot " + std::to_string(slot);
+    }
+    if (entry.state.calls == 0) return "stored entry without calls";
     if (!std::isfinite(entry.state.mean_cpu) || entry.state.mean_cpu < 0) return "bad mean cpu";
-    if (entry.state.cost_samples > 0 && !(entry.state.mean_cost > 0)) return "bad mean cost";
+    if (entry.costed > 1) return "bad costed flag";
+    if (entry.costed != 0 && !(entry.state.mean_cost > 0)) return "bad mean cost";
+    if (entry.query_id == 0 && entry.costed == 0) return "fallback without a costed sample";
   }
   if (used != header.used_count) return "used_count mismatch";
-  for (std::int32_t slot = header.free_head; slot != kNoSlot; slot = table.entries[slot].next) {
-    if (++free_entries > slot_count) return "free list loops";
-    if (table.entries[slot].query_id != 0) return "used entry on free list";
-  }
-  if (used + free_entries != slot_count) return "entries lost from the free list";
   for (std::uint32_t pos = 0; pos < header.index_size; ++pos) {
     const std::int32_t slot = table.index[pos];
     if (slot == kNoSlot) continue;
     ++indexed;
     if (slot < 0 || static_cast<std::uint32_t>(slot) >= slot_count ||
-        table.entries[slot].query_id == 0) {
+        table.entries[slot].in_use == 0) {
       return "index points at a free entry";
     }
-    for (std::uint32_t probe = HomeOf(table, table.entries[slot].query_id); probe != pos;
+    for (std::uint32_t probe = HomeOf(table, KeyOf(table.entries[slot])); probe != pos;
          probe = (probe + 1) & table.mask) {
       if (table.index[probe] == kNoSlot) return "index probe run broken";
     }

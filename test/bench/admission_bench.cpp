@@ -78,6 +78,9 @@ constexpr std::uint32_t kBuckets = 10000;
 constexpr std::uint32_t kPatterns = 10000;
 constexpr std::int64_t kQueryId = 4242424242;
 constexpr double kPlanCost = 8.3;
+constexpr std::uint32_t kUserId = 16384;      // the role "app"
+constexpr std::uint32_t kDatabaseId = 16385;  // the database "bench"
+constexpr tc::PatternKey kPattern{kUserId, kDatabaseId, kQueryId};
 
 class NoLock final : public tc::TableLock {
  public:
@@ -200,6 +203,8 @@ tc::StatementInfo Statement(std::string_view text) {
   statement.database = "bench";
   statement.command = "select";
   statement.query_id = kQueryId;
+  statement.user_id = kUserId;
+  statement.database_id = kDatabaseId;
   statement.plan_cost = kPlanCost;
   statement.server_cores = 2;
   statement.wall_now_us = 1700000000000000;
@@ -235,7 +240,7 @@ struct Backend {
     bucket_table = std::make_unique<tc::BucketTable>(buckets.span(), *bucket_lock, clock);
     pattern_table = std::make_unique<tc::PatternTable>(patterns.span(), *pattern_lock, clock);
     // The pattern has a history, as it would after a few executions.
-    for (int i = 0; i < 10; ++i) pattern_table->Record(kQueryId, kPlanCost, 0.00002);
+    for (int i = 0; i < 10; ++i) pattern_table->Record(kPattern, kPlanCost, 0.00002);
     controller.SetRuleSet(std::move(rules));
     controller.AttachTable(bucket_table.get());
     controller.AttachPatterns(pattern_table.get());
@@ -351,9 +356,9 @@ void BM_Part_BucketTableAdmitRelease(benchmark::State& state) {
 void BM_Part_PatternPredictRecord(benchmark::State& state) {
   Backend backend(MakeRouteRules(Limits::kCost));
   for (auto _ : state) {
-    std::optional<double> predicted = backend.pattern_table->Predict(kQueryId, kPlanCost);
+    std::optional<double> predicted = backend.pattern_table->Predict(kPattern, kPlanCost);
     benchmark::DoNotOptimize(predicted);
-    backend.pattern_table->Record(kQueryId, kPlanCost, 0.00002);
+    backend.pattern_table->Record(kPattern, kPlanCost, 0.00002);
   }
 }
 
