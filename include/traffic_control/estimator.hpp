@@ -114,6 +114,9 @@ class PatternTable {
   // weight `alpha`; returns its sample count, 0 when not stored.
   std::uint64_t RecordEntry(const PatternKey& key, double plan_cost, double cpu_seconds,
                             double alpha, std::int64_t now_us);
+  // The fallback k of the key's role and database, or nullopt; counts as a
+  // use of the fallback entry. Takes the shared lock.
+  std::optional<double> UseFallbackK(const PatternKey& key, std::int64_t now_us);
   // Under the table lock (either mode): the slot of `key`, or -1. A fallback
   // key is first looked for where this attachment last found one.
   std::int32_t Lookup(const PatternKey& key);

@@ -183,8 +183,8 @@ PatternKey KeyOf(const PatternEntry& entry) {
 }
 
 bool Holds(const PatternEntry& entry, const PatternKey& key) {
-  return entry.in_use != 0 && entry.query_id == key.query_id && entry.user_id == key.user_id &&
-         entry.database_id == key.database_id;
+  return entry.query_id == key.query_id && entry.user_id == key.user_id &&
+         entry.database_id == key.database_id && entry.in_use != 0;
 }
 
 PatternKey FallbackKey(std::uint32_t user_id, std::uint32_t database_id) {
@@ -193,13 +193,18 @@ PatternKey FallbackKey(std::uint32_t user_id, std::uint32_t database_id) {
 
 // --- Index (under the table lock) -------------------------------------------------
 
+// The query id is already a hash; the role and database are spread over the
+// 64 bits by an odd multiplier (a bijection), so one finalizer does.
 std::uint32_t HomeOf(const TableView& table, const PatternKey& key) {
   const std::uint64_t role = (static_cast<std::uint64_t>(key.user_id) << 32) | key.database_id;
-  return static_cast<std::uint32_t>(Mix(Mix(key.query_id ^ table.header->hash_seed) ^ role)) &
+  return static_cast<std::uint32_t>(
+             Mix(key.query_id ^ table.header->hash_seed ^ (role * 0x9e3779b97f4a7c15ULL))) &
          table.mask;
 }
 
-std::int32_t Find(const TableView& table, const PatternKey& key) {
+// Inlined: it is most of a prediction's and a sample's work, and GCC does not
+// inline it by itself once it has several callers.
+[[gnu::always_inline]] inline std::int32_t Find(const TableView& table, const PatternKey& key) {
   for (std::uint32_t pos = HomeOf(table, key); table.index[pos] != kNoSlot;
        pos = (pos + 1) & table.mask) {
     const std::int32_t slot = table.index[pos];
@@ -293,27 +298,6 @@ std::uint64_t RecordIn(PatternEntry& entry, double plan_cost, double cpu_seconds
   return state.calls;
 }
 
-// What Predict reads of an entry: its k (when it has one) and mean CPU.
-struct Reading {
-  bool found = false;
-  std::uint64_t calls = 0;
-  double mean_cpu = 0;
-  std::optional<double> k;
-};
-
-// Under the table lock: reads the entry under its spinlock and counts the
-// read as a use (for eviction).
-Reading Read(PatternEntry& entry, std::int64_t now_us) {
-  SpinGuard spin(entry.spin);
-  entry.state.last_used_us = std::max(entry.state.last_used_us, now_us);
-  Reading reading;
-  reading.found = true;
-  reading.calls = entry.state.calls;
-  reading.mean_cpu = entry.state.mean_cpu;
-  if (entry.costed != 0) reading.k = Ratio(entry.state.mean_cpu_costed, entry.state.mean_cost);
-  return reading;
-}
-
 std::optional<double> Multiply(double plan_cost, std::optional<double> k) {
   if (!k) return std::nullopt;
   const double predicted = plan_cost * *k;
@@ -402,28 +386,44 @@ std::optional<double> PatternTable::Predict(const PatternKey& key, double plan_c
   const TableView table = ViewOf(memory_);
   const bool costed = UsableCost(plan_cost);
   const std::int64_t now_us = clock_.NowMicros();
-  Reading pattern;
-  std::optional<double> predicted;
-  {
+  bool found = false;
+  bool has_k = false;
+  PatternState state{};
+  if (key.query_id != 0) {
     SharedGuard guard(lock_);
-    if (key.query_id != 0) {
-      const std::int32_t slot = Find(table, key);
-      if (slot != kNoSlot) pattern = Read(table.entries[slot], now_us);
+    const std::int32_t slot = Find(table, key);
+    if (slot != kNoSlot) {
+      PatternEntry& entry = table.entries[slot];
+      SpinGuard spin(entry.spin);
+      entry.state.last_used_us = std::max(entry.state.last_used_us, now_us);
+      state = entry.state;
+      has_k = entry.costed != 0;
+      found = true;
     }
-    if (costed) {
-      predicted = Multiply(plan_cost, pattern.k);
-      if (!predicted) {
-        // An unseen pattern (or one without a k): its role's fallback k.
-        const std::int32_t slot = Lookup(FallbackKey(key.user_id, key.database_id));
-        if (slot != kNoSlot) predicted = Multiply(plan_cost, Read(table.entries[slot], now_us).k);
+  }
+  if (costed) {
+    if (has_k) {
+      if (auto predicted = Multiply(plan_cost, Ratio(state.mean_cpu_costed, state.mean_cost))) {
+        return predicted;
       }
     }
+    // An unseen pattern (or one without a k): its role's fallback k.
+    if (auto predicted = Multiply(plan_cost, UseFallbackK(key, now_us))) return predicted;
   }
-  if (predicted) return predicted;
-  if (pattern.found && pattern.calls > 0 && std::isfinite(pattern.mean_cpu)) {
-    return pattern.mean_cpu;
-  }
+  if (found && state.calls > 0 && std::isfinite(state.mean_cpu)) return state.mean_cpu;
   return std::nullopt;
+}
+
+std::optional<double> PatternTable::UseFallbackK(const PatternKey& key, std::int64_t now_us) {
+  const TableView table = ViewOf(memory_);
+  SharedGuard guard(lock_);
+  const std::int32_t slot = Lookup(FallbackKey(key.user_id, key.database_id));
+  if (slot == kNoSlot) return std::nullopt;
+  PatternEntry& entry = table.entries[slot];
+  SpinGuard spin(entry.spin);
+  entry.state.last_used_us = std::max(entry.state.last_used_us, now_us);
+  if (entry.costed == 0) return std::nullopt;
+  return Ratio(entry.state.mean_cpu_costed, entry.state.mean_cost);
 }
 
 void PatternTable::Record(const PatternKey& key, double plan_cost, double cpu_seconds) {
@@ -446,7 +446,7 @@ std::uint64_t PatternTable::RecordEntry(const PatternKey& key, double plan_cost,
   const TableView table = ViewOf(memory_);
   {
     SharedGuard guard(lock_);
-    const std::int32_t slot = Lookup(key);
+    const std::int32_t slot = key.query_id != 0 ? Find(table, key) : Lookup(key);
     if (slot != kNoSlot) {
       PatternEntry& entry = table.entries[slot];
       SpinGuard spin(entry.spin);
