@@ -5,10 +5,6 @@
 -- and is unknown while that role has none).
 -- Timings vary from machine to machine, so this file prints comparisons, not
 -- durations; a prediction is compared bit for bit (float8send).
--- (DROP EXTENSION leaves the schema it created; an earlier file may have.)
-SET client_min_messages = warning;
-DROP SCHEMA IF EXISTS traffic_control;
-RESET client_min_messages;
 CREATE EXTENSION traffic_control;
 CREATE TABLE tc_pat (id int PRIMARY KEY, payload text);
 INSERT INTO tc_pat SELECT g, md5(g::text) FROM generate_series(1, 200000) g;
@@ -106,6 +102,5 @@ ALTER SYSTEM RESET traffic_control.rules;
 SELECT pg_reload_conf(), pg_sleep(0.5);
 DROP TABLE tc_pat;
 DROP EXTENSION traffic_control;
-DROP SCHEMA traffic_control;
 DROP ROLE tc_pat_a;
 DROP ROLE tc_pat_b;
