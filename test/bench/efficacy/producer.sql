@@ -1,0 +1,2 @@
+-- Producer of the queue-health test: one job per transaction.
+INSERT INTO jobs (payload) VALUES (repeat('x', 200)) /*app='jobs'*/;
