@@ -131,7 +131,9 @@ def queue_run(run_dir):
     backlog = [int(s["backlog"]) for s in samples]
     dead = [int(s["n_dead_tup"]) for s in samples]
     start, end = ph.get("queue", (0, 1e18))
-    analytics = count_outcomes(read_csv(os.path.join(run_dir, "analytics.csv")), start, end)
+    attempts = read_csv(os.path.join(run_dir, "analytics.csv"))
+    analytics = count_outcomes(attempts, start, end)
+    refusals = [r for r in attempts if r["outcome"] == "refused"]
     return {
         "produced": produced, "dequeued": len(deq),
         "backlog_max": max(backlog) if backlog else 0, "backlog_final": backlog[-1] if backlog else 0,
@@ -143,6 +145,7 @@ def queue_run(run_dir):
         "xmin_age_max": max(int(s["max_xmin_age"]) for s in samples) if samples else 0,
         "an_completed": analytics["completed"], "an_refused": analytics["refused"],
         "an_canceled": analytics["canceled"], "an_errors": analytics["error"],
+        "refusal_example": (refusals[0]["message"] + " " + refusals[0]["detail"]).strip() if refusals else "",
     }
 
 
@@ -295,11 +298,18 @@ def observations(arms, base_completed):
         if s["meets_degradation"]:
             out.append("%s meets the graceful-degradation target (p99 %s× the unloaded p99, best-effort %s× "
                        "of no limits)." % (a["title"], fmt(s["p99_ratio"], 2), fmt(s["completed_ratio"], 2)))
+    healthy = [a["title"] for a in arms if a["summary"]["meets_queue"]]
+    growing = ["%s (%s %%)" % (a["title"], fmt(a["summary"]["q_backlog_max_pct"], 1))
+               for a in arms if not a["summary"]["meets_queue"]]
+    if arms and arms[0]["queue"]:
+        out.append("Queue health: backlog at most 1 %% of the jobs produced with %s; more with %s." % (
+            ", ".join(healthy) or "no arm", ", ".join(growing) or "no arm"))
     for a in arms:
         s = a["summary"]
         if s["q_an_completed"] == 0 and s["q_an_refused"] > 0:
-            out.append("Queue health, %s: the long analytics never ran (%s refusals per run)." % (
-                a["title"], fmt(s["q_an_refused"], 0)))
+            example = next((r["refusal_example"] for r in a["queue"] if r["refusal_example"]), "")
+            out.append("Queue health, %s: the long analytics never completed (%s refusals per run%s)." % (
+                a["title"], fmt(s["q_an_refused"], 0), (", `%s`" % example) if example else ""))
     return ["- " + o for o in out]
 
 

@@ -58,7 +58,7 @@ done
 if [ "$QUICK" = 1 ]; then
   : "${ROUNDS:=1}"; ALONE=3; RAMP=2; FLOOD=5; QUEUE=10; MODE=quick
 else
-  : "${ROUNDS:=2}"; ALONE=8; RAMP=2; FLOOD=16; QUEUE=40; MODE=full
+  : "${ROUNDS:=2}"; ALONE=8; RAMP=2; FLOOD=16; QUEUE=36; MODE=full
 fi
 [ -n "$DOCS" ] || DOCS=$([ "$QUICK" = 1 ] && echo 0 || echo 1)
 SCALE=10
