@@ -21,6 +21,7 @@ import argparse
 import csv
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -148,6 +149,52 @@ def stop_clients(clients, stop, timeout=15.0):
     return [c.name for c in clients if c.is_alive()]
 
 
+class CpuAccount:
+    """How much of the machine's CPU went to this benchmark during a run (the
+    clusters' process trees, PgBouncer, this process and its pgbench children)
+    and how much to everything else on the machine: the noise of a shared VM."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, roots):
+        self.roots = set(roots)
+
+    @staticmethod
+    def _stat(pid):
+        with open("/proc/%s/stat" % pid) as f:
+            data = f.read()
+        rest = data[data.rindex(")") + 2:].split()
+        return int(rest[1]), [int(x) for x in rest[11:15]]  # ppid; utime stime cutime cstime
+
+    def snapshot(self):
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:8]]
+        busy = (cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6]) / self.TICK  # user nice system irq softirq
+        ours = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                ppid, t = self._stat(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+            if int(pid) in self.roots:  # a postmaster: itself and the children it reaped
+                ours += sum(t)
+            elif ppid in self.roots:  # its live children (backends, workers, autovacuum)
+                ours += t[0] + t[1]
+        ours /= self.TICK
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours += me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        return time.time(), busy, ours
+
+    def write(self, path, start, end):
+        wall, busy, ours = end[0] - start[0], end[1] - start[1], end[2] - start[2]
+        capacity = wall * (os.cpu_count() or 1)
+        others = max(0.0, busy - ours)
+        write_csv(path, ("wall_s", "cpus", "machine_busy_cpu_s", "benchmark_cpu_s", "others_cpu_s", "others_pct"),
+                  [(wall, os.cpu_count(), busy, ours, others, 100.0 * others / capacity if capacity else 0.0)])
+
+
 def write_csv(path, header, rows):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -181,6 +228,8 @@ def degradation(args):
     """critical alone for --alone s, then critical during a best-effort flood
     (the flood starts --ramp s before the critical phase and stops after it)."""
     os.makedirs(args.out, exist_ok=True)
+    account = CpuAccount(args.account_pids)
+    cpu_start = account.snapshot()
     events = [("phase", "start", "end")]
     crit = os.path.join(os.path.dirname(os.path.abspath(__file__)), "critical.sql")
 
@@ -211,6 +260,7 @@ def degradation(args):
         print("pgbench (critical under flood) exited with %d" % rc2, file=sys.stderr)
     if stuck:
         print("best-effort clients still running after the stop: %s" % ", ".join(stuck), file=sys.stderr)
+    account.write(os.path.join(args.out, "cpu.csv"), cpu_start, account.snapshot())
     write_csv(os.path.join(args.out, "phases.csv"), events[0], events[1:])
     write_csv(os.path.join(args.out, "best_effort.csv"),
               ATTEMPT_COLUMNS, attempts.rows)
@@ -285,6 +335,8 @@ def queue(args):
                  for i in range(args.analytics_connections)]
     samples = []
     sampler_conn = psycopg.connect(args.critical_dsn, autocommit=True, application_name="efficacy-sampler")
+    account = CpuAccount(args.account_pids)
+    cpu_start = account.snapshot()
 
     t_start = time.time()
     for t in workers:
@@ -315,6 +367,7 @@ def queue(args):
         producer.wait()
     log.close()
     sampler_conn.close()
+    account.write(os.path.join(args.out, "cpu.csv"), cpu_start, account.snapshot())
     if stuck:
         print("queue clients still running after the stop: %s" % ", ".join(stuck), file=sys.stderr)
 
@@ -343,6 +396,8 @@ def main():
     p.add_argument("--pgbench", default="pgbench")
     p.add_argument("--naccounts", type=int, default=1000000)
     p.add_argument("--retry-ms", type=int, default=200)
+    p.add_argument("--account-pids", type=lambda v: [int(x) for x in v.split()], default=[],
+                   help="postmaster (and PgBouncer) PIDs whose CPU is the benchmark's own")
     # degradation
     p.add_argument("--alone", type=int, default=10)
     p.add_argument("--flood", type=int, default=20)

@@ -98,6 +98,12 @@ def count_outcomes(rows, start, end):
     return out
 
 
+def others_pct(run_dir):
+    """Percent of the machine's CPU used by processes other than the benchmark."""
+    rows = read_csv(os.path.join(run_dir, "cpu.csv"))
+    return float(rows[0]["others_pct"]) if rows else float("nan")
+
+
 def degradation_run(run_dir):
     ph = phases(run_dir)
     alone = [l for _, l in pgbench_log(run_dir, "crit_alone")]
@@ -118,6 +124,7 @@ def degradation_run(run_dir):
         "be_completed": counts["completed"], "be_refused": counts["refused"],
         "be_canceled": counts["canceled"], "be_errors": counts["error"],
         "refusal_example": (refusals[0]["message"] + " " + refusals[0]["detail"]).strip() if refusals else "",
+        "others_cpu_pct": others_pct(run_dir),
     }
 
 
@@ -146,6 +153,7 @@ def queue_run(run_dir):
         "an_completed": analytics["completed"], "an_refused": analytics["refused"],
         "an_canceled": analytics["canceled"], "an_errors": analytics["error"],
         "refusal_example": (refusals[0]["message"] + " " + refusals[0]["detail"]).strip() if refusals else "",
+        "others_cpu_pct": others_pct(run_dir),
     }
 
 
@@ -469,6 +477,25 @@ def noise_lines(arms, env, results):
         for rel, title, label, lo, hi in worst[:3]:
             out.append("- Largest spread between rounds: %s, %s %s–%s (±%.0f%% of the median)." % (
                 title, label, fmt(lo), fmt(hi), 50 * rel))
+    others = [(r["others_cpu_pct"], a["title"], test, r["round"])
+              for a in arms for test in ("degradation", "queue") for r in a[test] if r["others_cpu_pct"] == r["others_cpu_pct"]]
+    if others:
+        worst = max(others)
+        out.append("- Other processes on the machine (not this benchmark: its servers, PgBouncer, load generators "
+                   "and pgbench are accounted apart) used %s–%s %% of all CPUs during the arm-runs, median %s %%; "
+                   "the most during %s, %s round %d (%s %%). Per arm-run: `others_cpu_pct` in the runs CSVs, "
+                   "and the table below." % (fmt(min(others)[0], 0), fmt(worst[0], 0), fmt(median([o[0] for o in others]), 0),
+                                            worst[1], worst[2], worst[3], fmt(worst[0], 0)))
+        rounds = sorted({o[3] for o in others})
+        out += ["", "| arm | " + " | ".join("degradation r%d" % r for r in rounds) + " | " +
+                " | ".join("queue r%d" % r for r in rounds) + " |", "|---|" + "---|" * (2 * len(rounds))]
+        for a in arms:
+            cells = []
+            for test in ("degradation", "queue"):
+                by_round = {r["round"]: r["others_cpu_pct"] for r in a[test]}
+                cells += ["%s %%" % fmt(by_round.get(r), 0) for r in rounds]
+            out.append("| %s | %s |" % (a["title"], " | ".join(cells)))
+        out.append("")
     m = machine_noise(results)
     if m:
         out.append("- Machine: load average %s (min %s, max %s) during the run; all CPUs %s%% busy "
