@@ -150,49 +150,85 @@ def stop_clients(clients, stop, timeout=15.0):
 
 
 class CpuAccount:
-    """How much of the machine's CPU went to this benchmark during a run (the
-    clusters' process trees, PgBouncer, this process and its pgbench children)
-    and how much to everything else on the machine: the noise of a shared VM."""
+    """How much of the machine went to this benchmark during a run and how
+    much to everything else on it: the noise of a shared VM. Ours are the
+    clusters' process trees (postmasters and their children, which include
+    every backend and parallel worker), PgBouncer, this process and its
+    pgbench children. Two measures of the others: the CPU they received (it
+    grows when the arm leaves CPU idle, others fill it) and, sampled every
+    second, how many of their threads were runnable (their demand)."""
 
     TICK = os.sysconf("SC_CLK_TCK")
 
     def __init__(self, roots):
         self.roots = set(roots)
+        self.stop = threading.Event()
+        self.runnable = []
+        self.thread = threading.Thread(target=self._sample, daemon=True)
 
     @staticmethod
-    def _stat(pid):
-        with open("/proc/%s/stat" % pid) as f:
+    def _stat(path):
+        with open(path) as f:
             data = f.read()
         rest = data[data.rindex(")") + 2:].split()
-        return int(rest[1]), [int(x) for x in rest[11:15]]  # ppid; utime stime cutime cstime
+        # state, ppid, [utime stime cutime cstime]
+        return rest[0], int(rest[1]), [int(x) for x in rest[11:15]]
+
+    def _scan(self):
+        """(our CPU ticks, our runnable processes) over /proc."""
+        ticks, running, me = 0, 0, os.getpid()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                state, ppid, t = self._stat("/proc/%s/stat" % pid)
+            except (OSError, ValueError, IndexError):
+                continue
+            if int(pid) in self.roots:  # a postmaster: itself and the children it reaped
+                ticks += sum(t)
+            elif ppid in self.roots:  # its live children (backends, workers, autovacuum)
+                ticks += t[0] + t[1]
+            elif ppid != me:
+                continue
+            running += state == "R"
+        for tid in os.listdir("/proc/self/task"):  # this process's threads (pgbench children counted above)
+            try:
+                running += self._stat("/proc/self/task/%s/stat" % tid)[0] == "R"
+            except (OSError, ValueError, IndexError):
+                pass
+        return ticks, running
+
+    def _sample(self):
+        while not self.stop.wait(1.0):
+            with open("/proc/loadavg") as f:
+                all_running = int(f.read().split()[3].split("/")[0])
+            self.runnable.append(max(0, all_running - self._scan()[1]))
 
     def snapshot(self):
         with open("/proc/stat") as f:
             cpu = [int(x) for x in f.readline().split()[1:8]]
         busy = (cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6]) / self.TICK  # user nice system irq softirq
-        ours = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                ppid, t = self._stat(pid)
-            except (OSError, ValueError, IndexError):
-                continue
-            if int(pid) in self.roots:  # a postmaster: itself and the children it reaped
-                ours += sum(t)
-            elif ppid in self.roots:  # its live children (backends, workers, autovacuum)
-                ours += t[0] + t[1]
-        ours /= self.TICK
+        ours = self._scan()[0] / self.TICK
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         ours += me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
         return time.time(), busy, ours
 
-    def write(self, path, start, end):
-        wall, busy, ours = end[0] - start[0], end[1] - start[1], end[2] - start[2]
+    def start(self):
+        self.begin = self.snapshot()
+        self.thread.start()
+
+    def write(self, path):
+        self.stop.set()
+        self.thread.join(5)
+        end = self.snapshot()
+        wall, busy, ours = end[0] - self.begin[0], end[1] - self.begin[1], end[2] - self.begin[2]
         capacity = wall * (os.cpu_count() or 1)
         others = max(0.0, busy - ours)
-        write_csv(path, ("wall_s", "cpus", "machine_busy_cpu_s", "benchmark_cpu_s", "others_cpu_s", "others_pct"),
-                  [(wall, os.cpu_count(), busy, ours, others, 100.0 * others / capacity if capacity else 0.0)])
+        write_csv(path, ("wall_s", "cpus", "machine_busy_cpu_s", "benchmark_cpu_s", "others_cpu_s", "others_pct",
+                         "others_runnable_mean", "others_runnable_max"),
+                  [(wall, os.cpu_count(), busy, ours, others, 100.0 * others / capacity if capacity else 0.0,
+                    sum(self.runnable) / len(self.runnable) if self.runnable else 0.0,
+                    max(self.runnable) if self.runnable else 0)])
 
 
 def write_csv(path, header, rows):
@@ -229,7 +265,7 @@ def degradation(args):
     (the flood starts --ramp s before the critical phase and stops after it)."""
     os.makedirs(args.out, exist_ok=True)
     account = CpuAccount(args.account_pids)
-    cpu_start = account.snapshot()
+    account.start()
     events = [("phase", "start", "end")]
     crit = os.path.join(os.path.dirname(os.path.abspath(__file__)), "critical.sql")
 
@@ -260,7 +296,7 @@ def degradation(args):
         print("pgbench (critical under flood) exited with %d" % rc2, file=sys.stderr)
     if stuck:
         print("best-effort clients still running after the stop: %s" % ", ".join(stuck), file=sys.stderr)
-    account.write(os.path.join(args.out, "cpu.csv"), cpu_start, account.snapshot())
+    account.write(os.path.join(args.out, "cpu.csv"))
     write_csv(os.path.join(args.out, "phases.csv"), events[0], events[1:])
     write_csv(os.path.join(args.out, "best_effort.csv"),
               ATTEMPT_COLUMNS, attempts.rows)
@@ -336,7 +372,7 @@ def queue(args):
     samples = []
     sampler_conn = psycopg.connect(args.critical_dsn, autocommit=True, application_name="efficacy-sampler")
     account = CpuAccount(args.account_pids)
-    cpu_start = account.snapshot()
+    account.start()
 
     t_start = time.time()
     for t in workers:
@@ -367,7 +403,7 @@ def queue(args):
         producer.wait()
     log.close()
     sampler_conn.close()
-    account.write(os.path.join(args.out, "cpu.csv"), cpu_start, account.snapshot())
+    account.write(os.path.join(args.out, "cpu.csv"))
     if stuck:
         print("queue clients still running after the stop: %s" % ", ".join(stuck), file=sys.stderr)
 

@@ -98,10 +98,14 @@ def count_outcomes(rows, start, end):
     return out
 
 
-def others_pct(run_dir):
-    """Percent of the machine's CPU used by processes other than the benchmark."""
+def others_load(run_dir):
+    """What processes other than the benchmark took during a run: percent of
+    the machine's CPU, and their mean number of runnable threads."""
     rows = read_csv(os.path.join(run_dir, "cpu.csv"))
-    return float(rows[0]["others_pct"]) if rows else float("nan")
+    if not rows:
+        return {"others_cpu_pct": float("nan"), "others_runnable": float("nan")}
+    return {"others_cpu_pct": float(rows[0]["others_pct"]),
+            "others_runnable": float(rows[0].get("others_runnable_mean") or "nan")}
 
 
 def degradation_run(run_dir):
@@ -124,7 +128,7 @@ def degradation_run(run_dir):
         "be_completed": counts["completed"], "be_refused": counts["refused"],
         "be_canceled": counts["canceled"], "be_errors": counts["error"],
         "refusal_example": (refusals[0]["message"] + " " + refusals[0]["detail"]).strip() if refusals else "",
-        "others_cpu_pct": others_pct(run_dir),
+        **others_load(run_dir),
     }
 
 
@@ -153,7 +157,7 @@ def queue_run(run_dir):
         "an_completed": analytics["completed"], "an_refused": analytics["refused"],
         "an_canceled": analytics["canceled"], "an_errors": analytics["error"],
         "refusal_example": (refusals[0]["message"] + " " + refusals[0]["detail"]).strip() if refusals else "",
-        "others_cpu_pct": others_pct(run_dir),
+        **others_load(run_dir),
     }
 
 
@@ -477,25 +481,30 @@ def noise_lines(arms, env, results):
         for rel, title, label, lo, hi in worst[:3]:
             out.append("- Largest spread between rounds: %s, %s %s–%s (±%.0f%% of the median)." % (
                 title, label, fmt(lo), fmt(hi), 50 * rel))
-    others = [(r["others_cpu_pct"], a["title"], test, r["round"])
-              for a in arms for test in ("degradation", "queue") for r in a[test] if r["others_cpu_pct"] == r["others_cpu_pct"]]
+    others = [(r["others_cpu_pct"], r["others_runnable"], a["title"], test, r["round"])
+              for a in arms for test in ("degradation", "queue") for r in a[test]
+              if r["others_cpu_pct"] == r["others_cpu_pct"]]
     if others:
-        worst = max(others)
-        out.append("- Other processes on the machine (not this benchmark: its servers, PgBouncer, load generators "
-                   "and pgbench are accounted apart) used %s–%s %% of all CPUs during the arm-runs, median %s %%; "
-                   "the most during %s, %s round %d (%s %%). Per arm-run: `others_cpu_pct` in the runs CSVs, "
-                   "and the table below." % (fmt(min(others)[0], 0), fmt(worst[0], 0), fmt(median([o[0] for o in others]), 0),
-                                            worst[1], worst[2], worst[3], fmt(worst[0], 0)))
-        rounds = sorted({o[3] for o in others})
+        out.append("- Other processes on the machine (everything but this benchmark's servers, PgBouncer, load "
+                   "generators and pgbench, which are accounted apart) took %s–%s %% of all CPUs during the "
+                   "arm-runs (median %s %%), with %s–%s of their threads runnable on average (median %s) on %s "
+                   "CPUs. The CPU they took grows when an arm leaves some idle; their runnable threads are "
+                   "their demand. Per arm-run (`others_cpu_pct`, `others_runnable` in the runs CSVs):" % (
+                       fmt(spread([o[0] for o in others])[0], 0), fmt(spread([o[0] for o in others])[1], 0),
+                       fmt(median([o[0] for o in others]), 0), fmt(spread([o[1] for o in others])[0], 1),
+                       fmt(spread([o[1] for o in others])[1], 1), fmt(median([o[1] for o in others]), 1),
+                       env.get("cpus", "?")))
+        rounds = sorted({o[4] for o in others})
         out += ["", "| arm | " + " | ".join("degradation r%d" % r for r in rounds) + " | " +
                 " | ".join("queue r%d" % r for r in rounds) + " |", "|---|" + "---|" * (2 * len(rounds))]
         for a in arms:
             cells = []
             for test in ("degradation", "queue"):
-                by_round = {r["round"]: r["others_cpu_pct"] for r in a[test]}
-                cells += ["%s %%" % fmt(by_round.get(r), 0) for r in rounds]
+                by_round = {r["round"]: r for r in a[test]}
+                cells += ["%s %% · %s" % (fmt(by_round[r]["others_cpu_pct"], 0), fmt(by_round[r]["others_runnable"], 1))
+                          if r in by_round else "–" for r in rounds]
             out.append("| %s | %s |" % (a["title"], " | ".join(cells)))
-        out.append("")
+        out += ["", "(each cell: others' share of the CPUs · their mean runnable threads)", ""]
     m = machine_noise(results)
     if m:
         out.append("- Machine: load average %s (min %s, max %s) during the run; all CPUs %s%% busy "
