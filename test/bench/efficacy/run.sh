@@ -31,7 +31,7 @@
 #              default for a full run; --no-docs to keep the docs as they are)
 # Runs as root on Debian 12 (apt-get installs what is missing; the servers run
 # as the postgres OS user). On a 2-core VM the full run takes about 14 minutes
-# with the five arms this build accepts; each further arm adds about 2.5.
+# with six arms; each further arm adds about 2.
 set -euo pipefail
 source "$(dirname "$0")/../../scripts/lib.sh"
 HERE="$TC_ROOT/test/bench/efficacy"
@@ -95,18 +95,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# Starts a server as the postgres OS user; as root with CAP_SYS_NICE in its
-# ambient set, which a cpu_priority budget needs to restore a backend's
-# priority (docs/configuration.md). Every arm starts the same way.
-pg_ctl_server() {
-  if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
-    setpriv --reuid=postgres --regid=postgres --init-groups \
-      --inh-caps=+sys_nice --ambient-caps=+sys_nice "$PG_BINDIR/pg_ctl" "$@"
-  else
-    tc_as_postgres "$PG_BINDIR/pg_ctl" "$@"
-  fi
-}
 
 # Machine load while the benchmark runs (the noise section of the report).
 $PY - "$OUT/raw/machine.csv" <<'PY' &
@@ -182,7 +170,9 @@ for arm in "${CANDIDATES[@]}"; do
     echo "unix_socket_directories = '$WORK/$arm'"
     $PY "$HERE/arms.py" conf "$file"
   } >>"$WORK/$arm/data/postgresql.conf"
-  if ! pg_ctl_server -D "$WORK/$arm/data" -l "$WORK/$arm/server.log" -w -t 60 start >/dev/null; then
+  # tc_start_server: as the postgres OS user with CAP_SYS_NICE (cpu_priority
+  # needs it to restore a backend's priority); every arm starts the same way.
+  if ! tc_start_server "$WORK/$arm/data" "$WORK/$arm/server.log"; then
     skip_arm "$arm" "the server did not start: $(grep -E 'FATAL|ERROR' "$WORK/$arm/server.log" | head -3)"
     continue
   fi
