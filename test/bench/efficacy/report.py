@@ -215,8 +215,8 @@ def summarise(arms):
 def fmt(v, digits=1):
     if v is None or v != v:
         return "–"
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
-        return "{:,}".format(int(v))
+    if digits == 0 or isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
+        return "{:,.0f}".format(v)
     return "%.*f" % (digits, v)
 
 
@@ -331,6 +331,13 @@ COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 STYLES = ["-", "--", ":", "-."]
 
 
+def log_ticks(axis):
+    """Ticks at 1, 2, 5 × 10^n on a log axis, labelled as plain numbers."""
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: "%g" % v))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def binned(points, t0, width, fn):
     """(bin start, fn(values)) per `width`-second bin of (t, value) points."""
     bins = {}
@@ -363,7 +370,7 @@ def plot_degradation(results, arms, path):
             if j == 0 and "critical_under_flood" in ph:
                 ax.axvspan(0, ph["critical_under_flood"][1] - t0, color="0.9", zorder=0)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: "%g" % v))
+        log_ticks(ax.yaxis)
         ax.set_title(arm["title"], fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         if i % cols == 0:
@@ -389,13 +396,15 @@ def plot_degradation_summary(arms, path):
     ax1.barh(y, [r if r == r else 0 for r in ratio], color=COLORS[0])
     ax1.axvline(P99_RATIO_TARGET, color="k", ls="--", lw=1)
     ax1.set_xscale("log")
-    ax1.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: "%g" % v))
-    ax1.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: "%g" % v))
+    log_ticks(ax1.xaxis)
     ax1.set_yticks(y)
     ax1.set_yticklabels(names, fontsize=8)
     ax1.set_xlabel("critical p99 under flood ÷ p99 alone (target ≤ %g, dashed)" % P99_RATIO_TARGET)
     ax2.barh(y, [d if d == d else 0 for d in done], color=COLORS[1])
     ax2.axvline(COMPLETED_TARGET, color="k", ls="--", lw=1)
+    for yi, d in zip(y, done):
+        if d == 0:
+            ax2.text(0.01, yi, "0: starved", va="center", fontsize=8)
     ax2.set_xlabel("best-effort completed ÷ no limits (target ≥ %g, dashed)" % COMPLETED_TARGET)
     for ax in (ax1, ax2):
         ax.grid(True, axis="x", alpha=0.3)
@@ -426,7 +435,7 @@ def plot_queue(results, arms, path):
     axes[1].set_ylabel("dead tuples (jobs)")
     axes[2].set_ylabel("dequeue p99 per 2 s (ms)")
     axes[2].set_yscale("log")
-    axes[2].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: "%g" % v))
+    log_ticks(axes[2].yaxis)
     axes[2].set_xlabel("seconds (solid: round 1, dashed: round 2)")
     for ax in axes:
         ax.grid(True, alpha=0.3)
