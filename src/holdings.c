@@ -1,6 +1,6 @@
 /*
- * holdings.c — the concurrency slots this backend holds, every path that
- * gives them back, and waiting for one.
+ * holdings.c — the concurrency slots this backend holds and every path that
+ * gives them back (waiting for one is queue.c's).
  *
  * Slot release
  * ------------
@@ -16,16 +16,16 @@
  * owners and transaction ends, since VACUUM and CREATE INDEX CONCURRENTLY
  * commit transactions of their own while they run. The core ignores a token
  * that was already released, so a second attempt is harmless. A
- * crash-restart formats the table anew.
+ * crash-restart formats the table anew. Every release wakes the waiters it
+ * lets in (wake_backends), and the exit callback also takes the backend out
+ * of a queue it still waits in.
  *
  * A cursor that a function opens (nested, so not admitted under track = top)
  * gets a pending record, without a token: the hooks admit it at its first
  * top-level run (a FETCH, or a protocol Execute of the portal), and the
  * pending record goes wherever the cursor's would.
  *
- * Locking: none of its own. Waiters sleep on TcShared.slot_freed, a
- * condition variable that every release which may admit a waiter
- * broadcasts.
+ * Locking: none of its own.
  */
 #include "postgres.h"
 
@@ -33,12 +33,10 @@
 
 #include "access/xact.h"
 #include "miscadmin.h"
-#include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
-#include "utils/timestamp.h"
 
 #include "traffic_control.h"
 
@@ -68,7 +66,6 @@ static TcHeld *held = NULL;
 int			held_count = 0;
 static int	held_capacity = 0;
 static bool exit_callback_registered = false;
-static bool waiter_registered = false;	/* counted in the table's waiters */
 
 static void tc_before_shmem_exit(int code, Datum arg);
 
@@ -200,7 +197,7 @@ static void
 release_record(int index, bool completed)
 {
 	TcHeld		record = held[index];
-	bool		wake = false;
+	tc_wakeups	wake;
 
 	/* Forget the record first: whatever happens next, it is released once. */
 	held[index] = held[held_count - 1];
@@ -209,10 +206,10 @@ release_record(int index, bool completed)
 		apply_held_priority();
 	if (record.token == 0)
 		return;
-	TC_CALL_QUIET(tc_release(record.token, cpu_used(&record), completed && record.ran_whole,
-							 &wake));
-	if (wake)
-		ConditionVariableBroadcast(&tc_shared->slot_freed);
+	if (tc_release(record.token, cpu_used(&record), completed && record.ran_whole, &wake))
+		wake_backends(&wake);
+	else
+		elog(WARNING, "%s", tc_last_error());
 }
 
 void
@@ -355,75 +352,18 @@ tc_xact_callback(XactEvent event, void *arg)
 static void
 tc_before_shmem_exit(int code, Datum arg)
 {
-	bool		wake = false;
+	tc_wakeups	wake;
 
 	held_count = 0;
 	/* The process ends: no priority to restore. */
 	if (!core_attached())
 		return;
 	/* FATAL while waiting for a slot exits without passing PG_CATCH. */
-	if (waiter_registered)
-	{
-		waiter_registered = false;
-		TC_CALL_QUIET(tc_waiter_remove());
-	}
-	TC_CALL_QUIET(tc_release_all(&wake));
-	if (wake)
-		ConditionVariableBroadcast(&tc_shared->slot_freed);
-}
-
-/*
- * Retries whenever a slot is freed, until the budget's queue timeout, then
- * makes the final attempt. Only statements that must wait pay for the error
- * handling this needs.
- */
-void
-wait_for_admission(tc_statement *statement, tc_admission *admission)
-{
-	TimestampTz deadline;
-
-	/* Prepare before re-checking, so no wakeup can be missed. */
-	ConditionVariablePrepareToSleep(&tc_shared->slot_freed);
-	PG_TRY();
-	{
-		TC_CALL(tc_waiter_add());
-		waiter_registered = true;
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											   admission->queue_timeout_ms);
-		for (;;)
-		{
-			tc_attempt	attempt = GetCurrentTimestamp() < deadline ?
-				TC_ATTEMPT_RETRY : TC_ATTEMPT_FINAL;
-
-			statement->wall_now_us = unix_now_us();
-			TC_CALL(tc_admit(statement, attempt, admission));
-			if (admission->outcome != TC_MUST_WAIT)
-				break;
-			{
-				long		remaining_ms =
-					TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-
-				if (remaining_ms > 0)
-					ConditionVariableTimedSleep(&tc_shared->slot_freed, remaining_ms,
-												PG_WAIT_EXTENSION);
-			}
-		}
-	}
-	PG_CATCH();
-	{
-		ConditionVariableCancelSleep();
-		if (waiter_registered)
-		{
-			waiter_registered = false;
-			TC_CALL_QUIET(tc_waiter_remove());
-		}
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-
-	ConditionVariableCancelSleep();
-	waiter_registered = false;
-	TC_CALL(tc_waiter_remove());
+	leave_queue_quietly();
+	if (tc_release_all(&wake))
+		wake_backends(&wake);
+	else
+		elog(WARNING, "%s", tc_last_error());
 }
 
 /* ---- parallel workers ---- */

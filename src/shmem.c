@@ -28,6 +28,7 @@
 
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 
 #include "traffic_control.h"
@@ -51,7 +52,7 @@ static Size
 tc_memsize(void)
 {
 	return add_size(add_size(tc_header_size(), PG_CACHE_LINE_SIZE),
-					tc_shared_size(tc_max_buckets, tc_max_patterns));
+					tc_shared_size(tc_max_buckets, tc_max_patterns, MaxBackends));
 }
 
 static void *
@@ -89,7 +90,6 @@ tc_shmem_startup(void)
 
 		tc_shared->bucket_lock = &locks[0].lock;
 		tc_shared->pattern_lock = &locks[1].lock;
-		ConditionVariableInit(&tc_shared->slot_freed);
 		SpinLockInit(&tc_shared->mutex);
 		tc_shared->reported_config_hash = 0;
 		tc_shared->log_window = 0;
@@ -101,9 +101,9 @@ tc_shmem_startup(void)
 			pg_atomic_init_u64(&tc_shared->backends[i].worker_cpu_ns, 0);
 			pg_atomic_init_u32(&tc_shared->backends[i].worker_priority, 0);
 		}
-		tc_shared->core_size = tc_shared_size(tc_max_buckets, tc_max_patterns);
+		tc_shared->core_size = tc_shared_size(tc_max_buckets, tc_max_patterns, MaxBackends);
 		formatted = tc_shared_format(tc_core_address(), tc_shared->core_size, tc_max_buckets,
-									 tc_max_patterns);
+									 tc_max_patterns, MaxBackends);
 	}
 	LWLockRelease(AddinShmemInitLock);
 
@@ -163,10 +163,15 @@ pattern_unlock};
 void
 ensure_core_attached(void)
 {
+	int			backend = -1;
+
 	if (tc_core_attached)
 		return;
+	/* Its PGPROC number: the core's queues wake it by setting its latch. */
+	if (MyProc != NULL && MyProc->pgprocno < MaxBackends)
+		backend = MyProc->pgprocno;
 	TC_CALL(tc_attach(tc_core_address(), tc_shared->core_size, tc_max_buckets, tc_max_patterns,
-					  &bucket_lock_ops, &pattern_lock_ops));
+					  MaxBackends, backend, &bucket_lock_ops, &pattern_lock_ops));
 	tc_core_attached = true;
 }
 

@@ -414,8 +414,7 @@ admit_statement(const char *source, int location, int length, const char *comman
 
 	reserve_held_record();
 
-	statement.wall_now_us = unix_now_us();
-	TC_CALL(tc_admit(&statement, TC_ATTEMPT_FIRST, &admission));
+	admit_attempt(&statement, TC_ATTEMPT_FIRST, &admission);
 	if (admission.outcome == TC_MUST_WAIT)
 		wait_for_admission(&statement, &admission);
 

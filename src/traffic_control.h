@@ -7,7 +7,8 @@
  *   settings.c       GUC definitions and hooks, the rule set rebuilt between
  *                    statements, server cores
  *   shmem.c          the shared segment, its LWLocks and the core's lock ops
- *   holdings.c       holding records, every release path, waiting for a slot
+ *   holdings.c       holding records, every release path
+ *   queue.c          waiting for a slot, waking waiters, the deadlock check
  *   statement.c      built-in metadata, plan workers, the call into the core,
  *                    the control plane
  *   plan_cost.c      the plan cost admission trusts (the server's planner
@@ -29,7 +30,6 @@
 #include "nodes/plannodes.h"
 #include "optimizer/planner.h"
 #include "port/atomics.h"
-#include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 
@@ -112,7 +112,6 @@ typedef struct TcShared
 {
 	LWLock	   *bucket_lock;	/* protects the bucket table */
 	LWLock	   *pattern_lock;	/* protects the estimator's pattern table */
-	ConditionVariable slot_freed;	/* broadcast when a slot is released */
 	slock_t		mutex;			/* protects reported_config_hash and log_* */
 	uint32		reported_config_hash;	/* config whose problems were logged */
 	/* Cluster-wide rate limit of the refusal and warning log lines: */
@@ -180,14 +179,29 @@ extern TC_INTERNAL void worker_ended(void);
 /* Holdings recorded and not yet released. */
 extern TC_INTERNAL int held_count;
 
+/* Process CPU time (user + system) in seconds; <0 when unknown. */
+extern TC_INTERNAL double cpu_seconds_now(void);
+
+/* ---- queue.c ---- */
+
+/*
+ * One tc_admit attempt (wall clock set here); wakes the waiters it lets in.
+ * On a core failure, leaves the queue and raises the error.
+ */
+extern TC_INTERNAL void admit_attempt(tc_statement *statement, tc_attempt attempt,
+									  tc_admission *admission);
+
 /*
  * Waits for a slot after a first attempt said TC_MUST_WAIT; *admission
  * receives the last attempt's outcome.
  */
 extern TC_INTERNAL void wait_for_admission(tc_statement *statement, tc_admission *admission);
 
-/* Process CPU time (user + system) in seconds; <0 when unknown. */
-extern TC_INTERNAL double cpu_seconds_now(void);
+/* Sets the latches of the backends the core names (waiters that now fit). */
+extern TC_INTERNAL void wake_backends(const tc_wakeups *wake);
+
+/* Takes this backend out of the queue it waits in, if any; never raises. */
+extern TC_INTERNAL void leave_queue_quietly(void);
 
 /* ---- statement.c ---- */
 

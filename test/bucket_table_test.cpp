@@ -306,18 +306,13 @@ TEST(BucketTable, ReleaseFreesExactlyTheWeight) {
   const Holding heavy = AdmitOne(h.table, Request(budget, 3)).holdings.at(0);
   const Holding light = AdmitOne(h.table, Request(budget, 1)).holdings.at(0);
   EXPECT_EQ(ActiveOf(h.table, "weights"), 4);
-  EXPECT_FALSE(h.table.Release(heavy));  // nobody waits
+  EXPECT_TRUE(h.table.Release(heavy));
   EXPECT_EQ(ActiveOf(h.table, "weights"), 1);
-
-  h.table.AddWaiter();
   EXPECT_TRUE(h.table.Release(light));
   EXPECT_EQ(ActiveOf(h.table, "weights"), 0);
-  h.table.RemoveWaiter();
-  h.table.RemoveWaiter();  // never below zero
-  h.table.AddWaiter();
+  EXPECT_TRUE(h.table.wakes().empty());  // nobody waits
   const Holding again = AdmitOne(h.table, Request(budget)).holdings.at(0);
   EXPECT_TRUE(h.table.Release(again));
-  h.table.RemoveWaiter();
   ExpectConsistent(h.table);
 }
 
@@ -640,7 +635,6 @@ TEST(BucketTable, TwoAttachmentsShareTheState) {
   const Holding holding = AdmitOne(first, Request(budget)).holdings.at(0);
   EXPECT_EQ(ActiveOf(second, "shared"), 1);
   EXPECT_FALSE(AdmitOne(second, Request(budget)).admitted);
-  second.AddWaiter();
   EXPECT_TRUE(second.Release(holding));  // released by another backend
   EXPECT_EQ(ActiveOf(first, "shared"), 0);
   EXPECT_TRUE(AdmitOne(first, Request(budget)).admitted);
@@ -657,8 +651,6 @@ TEST(BucketTable, LocksExclusivelyToCreateSharedToReadAndAlwaysUnlocks) {
   EXPECT_GE(h.lock.shared_locks, 1);
   EXPECT_EQ(h.lock.exclusive_locks, 1);
   h.table.ResetCounters();
-  h.table.AddWaiter();  // an atomic counter, no table lock
-  h.table.RemoveWaiter();
   EXPECT_EQ(h.lock.exclusive_locks, 2);
 
   AdmissionRequest broken;  // no budget: rejected before locking
@@ -750,7 +742,7 @@ TEST(BucketTable, RandomSequencesMatchAReferenceModel) {
         }
       } else {
         const std::size_t pick = random() % held.size();
-        EXPECT_FALSE(h.table.Release(held[pick].second));
+        EXPECT_TRUE(h.table.Release(held[pick].second));
         model[held[pick].first] -= held[pick].second.weight;
         held.erase(held.begin() + static_cast<std::ptrdiff_t>(pick));
       }

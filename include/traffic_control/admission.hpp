@@ -118,6 +118,16 @@ class AdmissionController {
   // statement to statement: the server's path.
   void Admit(const StatementInfo& statement, AttemptKind attempt, Decision* decision);
 
+  // The deadlock check of a wait for a slot. `stuck`: backends holding units
+  // of the instance this backend waits for that wait (directly or not) for
+  // a lock this backend holds; `stuck_pid`: the process id of one of them.
+  // When the wait can never end while they keep their units
+  // (BucketTable::WaitCanNeverEnd), decides the statement finally, as Admit
+  // with kFinal, a refusal's DETAIL saying why and naming `stuck_pid`, and
+  // returns true; else changes nothing and returns false.
+  bool AdmitIfWaitNeverEnds(const StatementInfo& statement, const std::int32_t* stuck,
+                            std::size_t count, std::int64_t stuck_pid, Decision* decision);
+
   // What Admit would decide for the statement now, per budget, without
   // taking a slot, charging debt or counting anything (BucketTable::Evaluate).
   // The prediction is made as in Admit, which counts as a use of the pattern
@@ -125,13 +135,14 @@ class AdmissionController {
   // attached table.
   Explanation Explain(const StatementInfo& statement);
 
-  // Releases a holding once; returns true when waiters should be woken.
-  // `cpu_seconds`: what the statement really used (corrects the buckets'
-  // debt); `completed`: it ran to its end, so the estimator learns from it
-  // (an error or a cancel would teach it that a heavy pattern is cheap).
-  bool Release(std::int64_t holding, std::optional<double> cpu_seconds = std::nullopt,
+  // Releases a holding once (waiters it lets in are added to the table's
+  // wakes()). `cpu_seconds`: what the statement really used (corrects the
+  // buckets' debt); `completed`: it ran to its end, so the estimator learns
+  // from it (an error or a cancel would teach it that a heavy pattern is
+  // cheap).
+  void Release(std::int64_t holding, std::optional<double> cpu_seconds = std::nullopt,
                bool completed = false);
-  bool ReleaseAll();
+  void ReleaseAll();
 
   // Adds this backend's pending rule match counts to the shared counters
   // (they are added in batches of kRuleCountBatch: one shared cache line
@@ -152,9 +163,14 @@ class AdmissionController {
   // budget applies.
   bool Prepare(const StatementInfo& statement, std::optional<double>* predicted,
                bool* has_cost_limit);
-  // The NOTICE or ERROR for matches_[index].
+  // Admit, with the process id of a holder that waits for this backend
+  // when the wait was found to never end (0: none).
+  void Admit(const StatementInfo& statement, AttemptKind attempt, Decision* decision,
+             std::int64_t stuck_pid);
+  // The NOTICE or ERROR for matches_[index]; `stuck_pid` as in Admit.
   Report ReportFor(std::size_t index, const BudgetVerdict& verdict, bool refusing,
-                   std::string_view prefix, const std::optional<double>& predicted) const;
+                   std::string_view prefix, const std::optional<double>& predicted,
+                   std::int64_t stuck_pid = 0) const;
   // Records what an admission holds (its slots, and whether the estimator
   // learns from it); returns its token, 0 when it holds nothing. On an
   // exception nothing is recorded.

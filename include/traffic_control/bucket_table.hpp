@@ -64,6 +64,14 @@ struct BudgetVerdict {
   double limit_value = 0;      // e.g. max_concurrent
   double level = 0;            // e.g. active statements including this one
   double level_percent = 0;    // level / limit_value * 100 (inf when the limit is 0)
+  // max_concurrent: of `level`, the units of statements queued ahead of this
+  // one (waiting for a slot of the instance; a newcomer queues behind them).
+  double queued_ahead = 0;
+  // max_concurrent: > 0 when the calling backend itself already holds this
+  // many of the instance's units, so many that the statement could never
+  // fit while it holds them (an open cursor, an outer statement): it is
+  // refused at once instead of waiting.
+  std::int64_t held_by_caller = 0;
   // For a server_share refusal: milliseconds until enough debt has drained for
   // this statement to fit. -1 = a retry cannot be predicted to succeed (other
   // limits, server_share 0, or a prediction larger than the whole bucket).
@@ -90,9 +98,13 @@ struct AdmitResult {
   std::vector<Holding> holdings;        // when admitted
   // When refused and every refusal is max_concurrent of a budget with
   // queue_timeout_ms > 0: the caller may wait (up to the smallest such timeout)
-  // and try again.
+  // and try again. A table attached for a backend (see BucketTable) has then
+  // put it in the queue of the first such instance: see BucketTable::Admit.
   bool may_wait = false;
   std::int64_t queue_timeout_ms = 0;
+  // The request whose instance's queue the backend was in when the call
+  // began; -1 when it was in none.
+  std::int32_t waited_request = -1;
   // Requests that found no slot because the table was full of busy instances:
   // they were admitted without being counted (fail open; see docs).
   std::uint32_t untracked = 0;
@@ -117,20 +129,36 @@ enum class AttemptKind {
               // still wait counts nothing (one that cannot wait is blocked)
 };
 
+// A backend holding units of the instance another one waits for.
+struct QueueHolder {
+  std::int32_t backend = 0;
+  std::uint32_t units = 0;
+};
+
 class BucketTable {
  public:
   // Largest supported capacity (slot numbers are int32 in shared memory).
   static constexpr std::uint32_t kMaxCapacity = 1u << 24;
+  // Largest number of backends (their numbers are int32 in shared memory).
+  static constexpr std::uint32_t kMaxBackends = 1u << 18;
+  // A table attached for no backend: it never queues.
+  static constexpr std::int32_t kNoBackend = -1;
 
-  // Throws std::invalid_argument when capacity > kMaxCapacity.
-  static std::size_t RequiredBytes(std::uint32_t capacity);
-  // Formats `memory` (RequiredBytes(capacity) bytes, 8-byte aligned); once,
-  // before any use. Throws std::invalid_argument when the span is too small.
-  static void Initialize(MemorySpan memory, std::uint32_t capacity);
+  // Throws std::invalid_argument when capacity > kMaxCapacity or backends >
+  // kMaxBackends.
+  static std::size_t RequiredBytes(std::uint32_t capacity, std::uint32_t backends = 0);
+  // Formats `memory` (RequiredBytes(capacity, backends) bytes, 8-byte
+  // aligned); once, before any use. `backends`: how many backends can wait
+  // in queues (numbered 0 .. backends - 1: PostgreSQL's PGPROC numbers).
+  // Throws std::invalid_argument when the span is too small.
+  static void Initialize(MemorySpan memory, std::uint32_t capacity, std::uint32_t backends = 0);
 
-  // Attaches to formatted memory. Cheap; one per backend. Throws
-  // std::invalid_argument when `memory` was not formatted by Initialize.
-  BucketTable(MemorySpan memory, TableLock& lock, Clock& clock);
+  // Attaches to formatted memory. Cheap; one per backend. `backend`: this
+  // backend's number (< the `backends` formatted), which lets it wait in
+  // queues and publishes what it holds; kNoBackend for none (it polls
+  // instead of queueing). Throws std::invalid_argument when `memory` was not
+  // formatted by Initialize or the backend number is out of range.
+  BucketTable(MemorySpan memory, TableLock& lock, Clock& clock, std::int32_t backend = kNoBackend);
 
   // Decides all requests atomically: refused when any enforce budget refuses,
   // and then nothing is acquired or charged; otherwise every request takes
@@ -139,6 +167,19 @@ class BucketTable {
   // `wall_now_us` stamps last_blocked_at. Instances already in the table are
   // decided under their entries' spinlocks alone (no table lock); only a new
   // instance takes the exclusive lock.
+  //
+  // Queues (with a backend): each instance keeps the backends waiting for
+  // it in FIFO order. A statement fits max_concurrent only if it fits behind
+  // the units queued ahead of it (all of them for a statement not in that
+  // queue), so a newcomer never overtakes a waiter. A refusal that may wait
+  // (kWillWait, kRetry) puts the backend at the tail of the first refusing
+  // instance's queue, or keeps its place when it already waits in one that
+  // refuses; a statement of several budgets waits in one queue at a time
+  // and moves to another when that one lets it through but another refuses.
+  // Any other outcome takes it out of its queue. Whatever frees units of an
+  // instance (a release, a waiter leaving or admitted) wakes the waiters at
+  // the head of its queue that now fit, each once: their backend numbers
+  // are added to wakes().
   AdmitResult Admit(const std::vector<AdmissionRequest>& requests, AttemptKind kind,
                     std::int64_t wall_now_us);
   // The same into `result` (every field overwritten), whose vectors keep
@@ -159,13 +200,31 @@ class BucketTable {
 
   // Gives a holding back. With `actual_seconds` (the CPU-seconds the statement
   // really used) the bucket's debt is corrected by actual - charged (never
-  // below 0); without it the charge stands. Returns true when a waiter might
-  // now be admitted.
+  // below 0); without it the charge stands. Waiters that now fit are added
+  // to wakes(). False when the holding was released already.
   bool Release(const Holding& holding, std::optional<double> actual_seconds = std::nullopt);
 
-  // Number of backends currently waiting for a slot (the caller keeps it).
-  void AddWaiter();
-  void RemoveWaiter();
+  // Takes this backend out of the queue it waits in, if any (a wait that
+  // ended without a final Admit: cancel, timeout, error, exit), waking the
+  // waiters that then fit. Cheap when it waits in none.
+  void LeaveQueue();
+  // Is this backend in a queue?
+  bool waiting() const { return waiting_; }
+
+  // The backends (other than this one) holding units of the instance this
+  // backend waits for; empty when it waits for none. Read without locks from
+  // what each backend publishes: a holding may come or go meanwhile.
+  std::vector<QueueHolder> HoldersOfQueue();
+  // Would this backend's wait never end if the backends `stuck` (holders
+  // that wait for this backend) kept their units: do the units of its
+  // instance held by them and by this backend, plus the units it waits for,
+  // exceed the max_concurrent it waits under?
+  bool WaitCanNeverEnd(const std::int32_t* stuck, std::size_t count);
+
+  // Backends to wake (set their latches), appended by Admit, Release and
+  // LeaveQueue since the last ClearWakes; each woken once until it retries.
+  const std::vector<std::int32_t>& wakes() const { return wakes_; }
+  void ClearWakes() { wakes_.clear(); }
 
   std::vector<BucketSnapshot> Snapshot();
   void ResetCounters();
@@ -180,6 +239,12 @@ class BucketTable {
   // invariant. For tests only.
   std::string ConsistencyProblem();
 
+  // Takes this backend out of its queue unless it waits for one of
+  // slots[0 .. count) (whose spinlocks the caller is about to take).
+  void LeaveQueueUnlessAmong(const std::int32_t* slots, std::size_t count);
+  // Publishes (for HoldersOfQueue) what this backend holds.
+  void PublishHeld(std::uint32_t slot, std::uint64_t generation, std::int64_t units);
+
   MemorySpan memory_;
   TableLock& lock_;
   Clock& clock_;
@@ -189,6 +254,13 @@ class BucketTable {
   std::int32_t* index_ = nullptr;
   std::uint32_t index_mask_ = 0;
   std::uint32_t capacity_ = 0;
+  void* backends_ = nullptr;  // one record per backend
+  std::uint32_t backend_count_ = 0;
+  std::int32_t backend_ = kNoBackend;
+  bool waiting_ = false;  // this backend is in a queue (its record says where)
+  // Reserved at attach for every backend twice over, so that appending
+  // under a spinlock never allocates.
+  std::vector<std::int32_t> wakes_;
 };
 
 }  // namespace tc

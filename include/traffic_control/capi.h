@@ -45,11 +45,13 @@ int			tc_config_max_cpu_priority(void);
 double tc_cgroup_cpu_quota(void);
 
 /* ---- shared state (PostgreSQL shared memory) ----
- * One block holding the bucket table (max_buckets budget instances), the
- * estimator's pattern table (max_patterns query patterns), the rule counters
- * and the violation history (a fixed size). */
-size_t		tc_shared_size(int max_buckets, int max_patterns);
-bool		tc_shared_format(void *memory, size_t size, int max_buckets, int max_patterns);
+ * One block holding the bucket table (max_buckets budget instances, and a
+ * record per backend that may wait for a slot: max_backends, PostgreSQL's
+ * MaxBackends), the estimator's pattern table (max_patterns query patterns),
+ * the rule counters and the violation history (a fixed size). */
+size_t		tc_shared_size(int max_buckets, int max_patterns, int max_backends);
+bool		tc_shared_format(void *memory, size_t size, int max_buckets, int max_patterns,
+							 int max_backends);
 
 typedef struct tc_lock_ops
 {
@@ -58,9 +60,24 @@ typedef struct tc_lock_ops
 	void		(*unlock) (void);
 } tc_lock_ops;
 
-/* Attaches this backend to formatted memory; lock functions must not raise. */
+/*
+ * Attaches this backend to formatted memory; lock functions must not raise.
+ * `backend`: this backend's number, 0 .. max_backends - 1 (its PGPROC
+ * number), or -1 for a process that never waits for a slot.
+ */
 bool		tc_attach(void *memory, size_t size, int max_buckets, int max_patterns,
-					  const tc_lock_ops *bucket_lock, const tc_lock_ops *pattern_lock);
+					  int max_backends, int backend, const tc_lock_ops *bucket_lock,
+					  const tc_lock_ops *pattern_lock);
+
+/*
+ * Backends (numbers as given to tc_attach) whose latches the shim must set:
+ * waiters for a slot that now fit. Valid until the next call into the core.
+ */
+typedef struct tc_wakeups
+{
+	int			count;
+	const int32_t *backends;
+} tc_wakeups;
 
 /* ---- admission ---- */
 typedef struct tc_statement
@@ -113,6 +130,7 @@ typedef struct tc_admission
 	bool		measure_cpu;	/* measure CPU time and pass it to tc_release */
 	double		predicted_seconds;	/* CPU-seconds predicted; <0 = unknown */
 	int			cpu_priority;	/* TC_ADMITTED: nice 0-19 to run at, or TC_CPU_PRIORITY_IDLE */
+	tc_wakeups	wake;			/* waiters to wake, whatever the outcome */
 } tc_admission;
 
 /* tc_admission.cpu_priority: the SCHED_IDLE policy (weaker than nice 19). */
@@ -127,24 +145,46 @@ typedef enum tc_attempt
 
 /*
  * Decides one statement. Output pointers stay valid until the next tc_admit
- * call.
+ * call. TC_MUST_WAIT: this backend now waits in a budget's queue (FIFO);
+ * sleep until the latch is set (a release that lets it in wakes it) and
+ * call again. Any other outcome has taken it out of the queue. If the call
+ * fails, take it out with tc_waiter_leave.
  */
 bool tc_admit(const tc_statement *statement, tc_attempt attempt, tc_admission *out);
+
+/*
+ * The deadlock check of a wait, once deadlock_timeout has passed: the
+ * backends other than this one that hold units of the budget instance this
+ * backend waits for (none when it waits for none). Valid until the next call.
+ */
+bool tc_queue_holders(const int32_t **backends, int *count);
+
+/*
+ * `stuck`: those of them that wait, directly or not, for a lock this backend
+ * holds; `stuck_pid`: the process id of one of them. If the statement can
+ * never fit while they keep their units, it is decided finally now (*decided
+ * set; *out as from tc_admit: refused with a DETAIL naming stuck_pid, or
+ * admitted after all). Else nothing changes and the wait goes on.
+ */
+bool tc_admit_if_wait_never_ends(const tc_statement *statement, const int32_t *stuck,
+								 int count, int stuck_pid, bool *decided, tc_admission *out);
 
 /*
  * Gives back what `holding` holds; unknown or already released tokens are
  * ignored, so a holding is released exactly once. `cpu_seconds` (<0 when not
  * measured) corrects the budgets' debt; `completed` (the statement ran to its
- * end) lets the estimator learn from it. *wake is set when waiters should be
- * woken.
+ * end) lets the estimator learn from it. *wake: waiters to wake.
  */
-bool		tc_release(int64_t holding, double cpu_seconds, bool completed, bool *wake);
+bool		tc_release(int64_t holding, double cpu_seconds, bool completed, tc_wakeups *wake);
 /* Releases everything this backend holds (exit, safety net). */
-bool tc_release_all(bool *wake);
+bool tc_release_all(tc_wakeups *wake);
 
-/* Backends waiting for a slot: counted so releases know to wake them. */
-bool tc_waiter_add(void);
-bool tc_waiter_remove(void);
+/*
+ * Takes this backend out of the queue it waits in, if any: every way a wait
+ * ends without a final tc_admit (cancel, timeout, error, exit). Cheap when
+ * it waits in none.
+ */
+bool tc_waiter_leave(tc_wakeups *wake);
 
 /* ---- SQL interface (src/sql_functions.c) ----
  * The rows each function returns point into backend-local storage of the

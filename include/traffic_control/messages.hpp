@@ -1,5 +1,6 @@
 // The text clients see: NOTICE and ERROR messages, DETAIL and HINT.
 #pragma once
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -27,6 +28,10 @@ struct VerdictContext {
   std::string_view each_key;                // the rule's `each` key, empty when none
   std::string_view instance;                // the `each` value
   std::optional<double> predicted_seconds;  // CPU-seconds; none until the estimator knows
+  // A max_concurrent refusal of a wait that could never end: the process id
+  // of a holder of the budget's units that waits for a lock this
+  // transaction holds (0: none).
+  std::int64_t stuck_pid = 0;
 };
 
 // `<prefix> query blocked by budget "<b>": <limit> exceeded` (refused) or
@@ -34,6 +39,9 @@ struct VerdictContext {
 // with DETAIL naming the rule, the predicted cost, the limit and the level.
 // HINT: `retry after <N> ms` for a refusal whose verdict has retry_after_ms >= 0
 // (server_share); for a max_concurrent refusal, when to retry; else none.
+// A max_concurrent refusal whose wait could never end (the verdict's
+// held_by_caller, the context's stuck_pid) says so in the DETAIL, and its
+// HINT says what ends it.
 Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict, bool refused);
 
 // Shortest decimal form of a number for messages ("2", "0.25", "1e-06").

@@ -14,8 +14,9 @@ SELECT 'ran' AS refused /*route='enforce'*/;
 SELECT 'ran' AS both /*route='both'*/;
 -- A budget in mode "off" takes no part.
 SELECT 'ran' AS off /*route='off'*/;
--- A refusal after waiting for a slot says so (the open cursor holds the
--- budget's only slot).
+-- The session's own open cursor holds the budget's only slot: waiting could
+-- never admit the next statement, so it is refused at once and says why.
+-- (A refusal after waiting out queue_timeout_ms: regress/specs/queue.spec.)
 BEGIN;
 DECLARE holder CURSOR FOR SELECT 1 /*route='queue'*/;
 SELECT 'ran' AS queued /*route='queue'*/;

@@ -147,7 +147,8 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
 
 Report AdmissionController::ReportFor(std::size_t index, const BudgetVerdict& verdict,
                                       bool refusing, std::string_view prefix,
-                                      const std::optional<double>& predicted) const {
+                                      const std::optional<double>& predicted,
+                                      std::int64_t stuck_pid) const {
   const BudgetMatch& match = matches_[index];
   const Rule& rule = rules_.rules()[match.rule_index];
   VerdictContext context;
@@ -157,6 +158,7 @@ Report AdmissionController::ReportFor(std::size_t index, const BudgetVerdict& ve
   if (match.has_instance && rule.each) context.each_key = *rule.each;
   context.instance = match.instance;
   context.predicted_seconds = predicted;
+  context.stuck_pid = stuck_pid;
   return FormatVerdict(context, verdict, refusing);
 }
 
@@ -367,7 +369,20 @@ Decision AdmissionController::Admit(const StatementInfo& statement, AttemptKind 
 }
 
 void AdmissionController::Admit(const StatementInfo& statement, AttemptKind attempt,
-                                Decision* decision_out) {
+                                Decision* decision) {
+  Admit(statement, attempt, decision, 0);
+}
+
+bool AdmissionController::AdmitIfWaitNeverEnds(const StatementInfo& statement,
+                                               const std::int32_t* stuck, std::size_t count,
+                                               std::int64_t stuck_pid, Decision* decision) {
+  if (table_ == nullptr || !table_->WaitCanNeverEnd(stuck, count)) return false;
+  Admit(statement, AttemptKind::kFinal, decision, stuck_pid);
+  return true;
+}
+
+void AdmissionController::Admit(const StatementInfo& statement, AttemptKind attempt,
+                                Decision* decision_out, std::int64_t stuck_pid) {
   Decision& decision = *decision_out;
   decision.outcome = Decision::Outcome::kAdmitted;
   decision.queue_timeout_ms = 0;
@@ -431,16 +446,27 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
     FoldRepeats();  // the history in the order the statements came
     CountMatches();
     RecordHistory(result, statement.wall_now_us);
+    // A wait that could never end is refused by the budget it waited for;
+    // else the first refusing budget (in budget order) is the error. The
+    // others are not reported, as the statement is refused anyway.
+    const std::size_t waited = static_cast<std::size_t>(result.waited_request);
+    const bool stuck = stuck_pid != 0 && result.waited_request >= 0 &&
+                       waited < result.verdicts.size() &&
+                       result.verdicts[waited].action == BudgetVerdict::Action::kRefuse;
+    if (stuck) {
+      decision.outcome = Decision::Outcome::kRefused;
+      decision.refusal = ReportFor(waited, result.verdicts[waited], true, statement.message_prefix,
+                                   predicted, stuck_pid);
+    }
     for (std::size_t i = 0; i < matches_.size(); ++i) {
       const BudgetVerdict& verdict = result.verdicts[i];
       if (verdict.action == BudgetVerdict::Action::kPass) continue;
       const bool refusing = verdict.action == BudgetVerdict::Action::kRefuse;
+      if (refusing && decision.outcome == Decision::Outcome::kRefused) continue;
       Report report = ReportFor(i, verdict, refusing, statement.message_prefix, predicted);
       if (!refusing) {
         decision.notices.push_back(std::move(report));
-      } else if (decision.outcome != Decision::Outcome::kRefused) {
-        // The first refusing budget (in budget order) is the error; the others
-        // are not reported, as the statement is refused anyway.
+      } else {
         decision.outcome = Decision::Outcome::kRefused;
         decision.refusal = std::move(report);
       }
@@ -533,30 +559,26 @@ Explanation AdmissionController::Explain(const StatementInfo& statement) {
   return explanation;
 }
 
-bool AdmissionController::Release(std::int64_t holding, std::optional<double> cpu_seconds,
+void AdmissionController::Release(std::int64_t holding, std::optional<double> cpu_seconds,
                                   bool completed) {
   std::size_t index = holdings_.size();
   while (index > 0 && holdings_[index - 1].token != holding) --index;
-  if (index == 0) return false;
+  if (index == 0) return;
   // Forget it before releasing so that even an exception cannot make a second
   // release of the same holding possible.
   Held held = std::move(holdings_[index - 1]);
   if (index != holdings_.size()) holdings_[index - 1] = std::move(holdings_.back());
   holdings_.pop_back();
-  bool wake = false;
   if (table_ != nullptr) {
-    for (const Holding& h : held.holdings) wake |= table_->Release(h, cpu_seconds);
+    for (const Holding& h : held.holdings) table_->Release(h, cpu_seconds);
   }
   if (completed && held.learn && cpu_seconds && patterns_ != nullptr) {
     patterns_->Record(held.pattern, held.plan_cost, *cpu_seconds);
   }
-  return wake;
 }
 
-bool AdmissionController::ReleaseAll() {
-  bool wake = false;
-  while (!holdings_.empty()) wake |= Release(holdings_.back().token);
-  return wake;
+void AdmissionController::ReleaseAll() {
+  while (!holdings_.empty()) Release(holdings_.back().token);
 }
 
 }  // namespace tc

@@ -2,23 +2,29 @@
 // shared by every backend through PostgreSQL shared memory. An entry holds the
 // instance's concurrency count, its leaky bucket debt and its counters.
 //
-// Layout (one contiguous block of RequiredBytes(capacity) bytes, formatted once
-// by Initialize; plain structs, offsets and int32 slot numbers, no pointers, so
+// Layout (one contiguous block of RequiredBytes(capacity, backends) bytes,
+// formatted once by Initialize; plain structs, offsets and int32 slot numbers, no pointers, so
 // any process may map it at any address):
-//   TableHeader                        magic/version, capacity, waiter count,
-//                                      free list, eviction hand, hash seed
-//   BucketEntry entries[capacity]      spinlock, generation, state (counts,
-//                                      debt, counters), key, display text; on
+//   TableHeader                        magic/version, capacity, backend
+//                                      count, free list, eviction hand, hash
+//                                      seed
+//   BucketEntry entries[capacity]      spinlock, queued units, generation,
+//                                      state (counts, debt, counters, queue
+//                                      head and tail), key, display text; on
 //                                      cache-line boundaries (see BucketEntry)
 //   int32 index[index_size]            open addressing: power of two >=
 //                                      2 x capacity, linear probing,
 //                                      backward-shift deletion; kNoSlot = empty
+//   BackendRecord backends[backends]   per backend (PGPROC number): where it
+//                                      waits (a queue link) and what it
+//                                      holds; on cache-line boundaries
 // An entry is free (in_use == 0, on the free list) or in use (indexed). In use
-// it is busy while active > 0 and idle otherwise. A new key takes a free
+// it is busy while active > 0 or its queue is not empty, and idle otherwise. A new key takes a free
 // entry, else evicts an idle one (see Evict: a bounded clock-hand scan that
 // prefers a bucket that has drained to 0, then the one that will be empty
 // soonest, then the least recently used); busy entries are never evicted, so
-// an outstanding Holding always refers to its own entry. Evicting a bucket
+// an outstanding Holding always refers to its own entry, and a waiter's
+// entry stays its own. Evicting a bucket
 // that still owes forgives its debt (the order above makes that the smallest,
 // shortest-lived debt in the sample). A full table of busy entries never
 // fails: the request is admitted untracked (judged as an empty instance).
@@ -29,6 +35,14 @@
 // budget of the last Admit) so that Release, Snapshot and eviction, which do
 // not see the budget, drain at the same rate. drain_per_second < 0 means the
 // budget has no server_share: no debt is kept.
+//
+// Queues: an instance's waiters form a doubly linked FIFO list through their
+// backends' WaiterRecords (the entry keeps head and tail; queued_units, in
+// the spinlock's cache line, sums their units, so an admission sees at no
+// extra cost whether anyone waits). A statement fits max_concurrent only
+// behind the units queued ahead of it; whatever frees units wakes the head
+// waiters that then fit (WakeFitting), each once (`woken`, cleared when it
+// retries), by returning their backend numbers for the caller to wake.
 //
 // Locking rules:
 // - The table lock (`lock_`, an LWLock in PostgreSQL) guards the index
@@ -61,10 +75,17 @@
 // - Admit takes the spinlocks of all the entries it decides on at once, in
 //   ascending slot order (so two backends can never deadlock), which keeps a
 //   multi-budget decision atomic. Release and Snapshot take one at a time.
-// - The header's waiter count is an atomic counter. Release reads it while
-//   holding the entry's spinlock: a waiter registers before it re-checks the
-//   entry under that spinlock, so either the waiter sees the freed slot or
-//   the releaser sees the waiter (and wakes it).
+// - A queue (the entry's queued_units, head and tail, and the next, prev,
+//   woken, units and limit of the WaiterRecords in it) is guarded by its
+//   entry's spinlock. A backend joins, keeps its place or leaves under that
+//   spinlock in the same locked section that decides it (Admit), and every
+//   change of the entry's units checks the queue under it: so either a
+//   waiter sees the freed units or the one freeing them sees the waiter (and
+//   wakes it). A WaiterRecord's slot and generation (which queue) are written
+//   only by its own backend, under that spinlock, and read by it without.
+// - A HeldRecord (what a backend holds) is written only by its own backend
+//   and read by others' deadlock checks with no lock: a sequence counter,
+//   odd while it is written, tells a reader to read again.
 // - Under a spinlock: only loads, stores and arithmetic on that memory; no
 //   calls that can block, allocate, throw or take another lock, except further
 //   entry spinlocks in ascending order. Waiting spins with a CPU pause and
@@ -96,8 +117,12 @@ namespace tc {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x54434255434b4554ULL;  // "TCBUCKET"
-constexpr std::uint32_t kLayoutVersion = 4;
+constexpr std::uint32_t kLayoutVersion = 5;
 constexpr std::int32_t kNoSlot = -1;
+constexpr std::int32_t kNoWaiter = -1;  // no backend (end of a queue)
+// Distinct instances a backend publishes as held (HeldRecord); more are not
+// published, and a deadlock check may then miss them (and wait on).
+constexpr std::size_t kHeldPerBackend = 15;
 constexpr std::size_t kBudgetNameCapacity = kMaxBudgetNameBytes + 1;
 // Idle entries an eviction looks at (a bounded scan keeps it O(1)).
 constexpr int kEvictionSample = 32;
@@ -120,8 +145,9 @@ struct TableHeader {
                             // collisions at the index
   std::uint64_t entries_offset;
   std::uint64_t index_offset;
+  std::uint64_t backends_offset;
   std::uint64_t total_bytes;
-  std::int64_t waiters;      // atomic
+  std::uint32_t backend_count;
   std::int32_t free_head;    // singly linked through BucketEntry::next
   std::uint32_t clock_hand;  // where the next eviction scan starts
 };
@@ -142,6 +168,10 @@ struct BucketState {
   std::uint64_t blocked_per_query_limit;
   std::uint64_t blocked_server_share;
   std::uint64_t queued;
+  // Written only by a wait: the queue's first and last backend (kNoWaiter
+  // when empty).
+  std::int32_t queue_head;
+  std::int32_t queue_tail;
 };
 
 constexpr std::size_t kCacheLineBytes = 64;
@@ -166,7 +196,8 @@ constexpr std::size_t kEntryIdentityBytes = 2 * sizeof(std::uint64_t) + sizeof(s
 // of its own, so that reading it never has to fetch the line being written.
 struct BucketEntry {
   std::uint32_t spin;  // 0 = free; only through SpinLock/SpinUnlock
-  std::uint32_t unused;
+  // Units of the statements waiting in this entry's queue; 0: no queue.
+  std::uint32_t queued_units;
   // Advanced by every identity change (under the exclusive table lock and
   // `spin`; read under `spin`). Never 0 for an entry in use.
   std::uint64_t generation;
@@ -199,6 +230,51 @@ static_assert(sizeof(BucketEntry) % kCacheLineBytes == 0);
 static_assert(std::is_trivially_copyable_v<TableHeader> && std::is_standard_layout_v<TableHeader>);
 static_assert(std::is_trivially_copyable_v<BucketEntry> && std::is_standard_layout_v<BucketEntry>);
 static_assert(kMaxInstanceDisplayBytes <= UINT16_MAX);
+
+// Where a backend waits, guarded by the spinlock of the entry it waits in:
+// next, prev and woken are changed by the backends queueing with it; units,
+// limit, slot and generation are written only by the backend itself (which
+// may read them without the spinlock).
+struct WaiterRecord {
+  std::int32_t next;    // the backend behind it; kNoWaiter at the tail
+  std::int32_t prev;    // the backend ahead of it; kNoWaiter at the head
+  std::uint32_t woken;  // woken because it fits; cleared when it retries
+  std::uint32_t units;  // units it waits for
+  std::int64_t limit;   // the max_concurrent it waits under
+  std::int32_t slot;    // the entry it waits in; kNoSlot: none
+  std::uint32_t unused;
+  std::uint64_t generation;  // of that entry
+};
+
+// Units a backend holds of one instance.
+struct HeldUnits {
+  std::int32_t slot;
+  std::uint32_t units;
+  std::uint64_t generation;
+};
+
+// What a backend holds, for other backends' deadlock checks: written only by
+// the backend itself, read by others without a lock (`sequence` is odd while
+// it is written; every field is read and written atomically).
+struct HeldRecord {
+  std::uint32_t sequence;
+  std::uint32_t count;
+  std::uint64_t unused;
+  HeldUnits held[kHeldPerBackend];
+};
+
+// One backend's records: the waiter's line (written by the backends it
+// queues with) apart from what it holds (written by itself per statement).
+struct BackendRecord {
+  WaiterRecord waiter;
+  unsigned char padding[kCacheLineBytes - sizeof(WaiterRecord)];
+  HeldRecord held;
+};
+
+static_assert(sizeof(WaiterRecord) <= kCacheLineBytes);
+static_assert(sizeof(BackendRecord) % kCacheLineBytes == 0);
+static_assert(std::is_trivially_copyable_v<BackendRecord> &&
+              std::is_standard_layout_v<BackendRecord>);
 static_assert(kMaxBudgetNameBytes <= UINT8_MAX);
 
 // key_hash is read by the fast path under no lock at all: always atomically.
@@ -257,23 +333,31 @@ std::uint32_t IndexSizeFor(std::uint32_t capacity) {
 struct Layout {
   std::size_t entries_offset;
   std::size_t index_offset;
+  std::size_t backends_offset;
   std::size_t total_bytes;
   std::uint32_t index_size;
 };
 
-Layout ComputeLayout(std::uint32_t capacity) {
+Layout ComputeLayout(std::uint32_t capacity, std::uint32_t backends) {
   if (capacity > BucketTable::kMaxCapacity) {
     throw std::invalid_argument("bucket table capacity " + std::to_string(capacity) +
                                 " exceeds the maximum of " +
                                 std::to_string(BucketTable::kMaxCapacity));
+  }
+  if (backends > BucketTable::kMaxBackends) {
+    throw std::invalid_argument("bucket table backends " + std::to_string(backends) +
+                                " exceed the maximum of " +
+                                std::to_string(BucketTable::kMaxBackends));
   }
   Layout layout;
   layout.index_size = IndexSizeFor(capacity);
   layout.entries_offset = RoundUp(sizeof(TableHeader), kCacheLineBytes);
   layout.index_offset =
       RoundUp(layout.entries_offset + sizeof(BucketEntry) * capacity, alignof(std::int32_t));
+  layout.backends_offset =
+      RoundUp(layout.index_offset + sizeof(std::int32_t) * layout.index_size, kCacheLineBytes);
   layout.total_bytes =
-      RoundUp(layout.index_offset + sizeof(std::int32_t) * layout.index_size, alignof(TableHeader));
+      RoundUp(layout.backends_offset + sizeof(BackendRecord) * backends, alignof(TableHeader));
   return layout;
 }
 
@@ -283,6 +367,7 @@ struct TableView {
   BucketEntry* entries;
   std::int32_t* index;
   std::uint32_t mask;
+  BackendRecord* backends;
 };
 
 TableView ViewOf(MemorySpan memory) {
@@ -290,14 +375,16 @@ TableView ViewOf(MemorySpan memory) {
   auto* header = reinterpret_cast<TableHeader*>(base);
   return TableView{header, reinterpret_cast<BucketEntry*>(base + header->entries_offset),
                    reinterpret_cast<std::int32_t*>(base + header->index_offset),
-                   header->index_size - 1};
+                   header->index_size - 1,
+                   reinterpret_cast<BackendRecord*>(base + header->backends_offset)};
 }
 
 // The same from the parts a BucketTable keeps (they never change after
 // Initialize), without reading the shared header.
-TableView CachedView(MemorySpan memory, void* entries, std::int32_t* index, std::uint32_t mask) {
+TableView CachedView(MemorySpan memory, void* entries, std::int32_t* index, std::uint32_t mask,
+                     void* backends) {
   return TableView{static_cast<TableHeader*>(memory.data), static_cast<BucketEntry*>(entries),
-                   index, mask};
+                   index, mask, static_cast<BackendRecord*>(backends)};
 }
 
 // --- Key hashing --------------------------------------------------------------
@@ -436,8 +523,9 @@ struct EvictionRank {
   }
 };
 
-// Evicts an idle entry not taken by this Admit call (`pinned`): a clock hand
-// scans from where the last scan stopped, looks at up to kEvictionSample idle
+// Evicts an idle entry (no units held, no queue) not taken by this Admit call
+// (`pinned`): a clock hand scans from where the last scan stopped, looks at up
+// to kEvictionSample idle
 // entries (skipping busy ones) and evicts the best of them by EvictionRank.
 // Busy entries are bounded by the running statements, so the scan is short
 // unless the table is tiny. kNoSlot when every entry is busy or pinned.
@@ -460,11 +548,13 @@ std::int32_t Evict(const TableView& table, const std::int32_t* pinned, std::size
       BucketEntry& entry = table.entries[slot];
       if (!entry.in_use || Contains(pinned, pinned_count, slot)) continue;
       BucketState state;
+      std::uint32_t queued_units;
       {
         SpinGuard spin(entry);
         state = entry.state;
+        queued_units = entry.queued_units;
       }
-      if (state.active > 0) continue;
+      if (state.active > 0 || queued_units > 0) continue;
       ++sampled;
       const double debt = DrainedDebt(state, now_us);
       EvictionRank rank{0, 0, state.last_used_us};
@@ -486,8 +576,8 @@ std::int32_t Evict(const TableView& table, const std::int32_t* pinned, std::size
     const std::uint64_t old_hash = KeyHashOf(entry);
     {
       SpinGuard spin(entry);
-      if (entry.state.active > 0) continue;  // taken meanwhile: look again
-      entry.in_use = 0;                      // from here on no Admit or Release accepts this entry
+      if (entry.state.active > 0 || entry.queued_units > 0) continue;  // taken meanwhile: again
+      entry.in_use = 0;  // from here on no Admit or Release accepts this entry
       ++entry.generation;
       SetKeyHash(entry, 0);
     }
@@ -540,6 +630,8 @@ BucketState NewState(std::int64_t now_us) {
   state.drain_per_second = -1;
   state.debt_updated_us = now_us;
   state.last_used_us = now_us;
+  state.queue_head = kNoWaiter;
+  state.queue_tail = kNoWaiter;
   return state;
 }
 
@@ -605,18 +697,22 @@ BudgetVerdict::Action OverLimitAction(const Budget& budget) {
 
 // What one instance holds, as seen by one request of an Admit call: the
 // entry's state plus what earlier requests of the same call for the same
-// instance would add.
+// instance would add, and the units queued ahead of it.
 struct Standing {
   std::int64_t active = 0;
+  std::int64_t queued_ahead = 0;
   double debt = 0;  // drained to now
 };
 
-BudgetVerdict CheckConcurrency(const Budget& budget, std::int64_t active, std::uint32_t weight) {
+BudgetVerdict CheckConcurrency(const Budget& budget, const Standing& standing,
+                               std::uint32_t weight) {
   BudgetVerdict verdict;
   const std::int64_t limit = *budget.max_concurrent;
-  const std::int64_t level = active + static_cast<std::int64_t>(weight);
+  const std::int64_t level =
+      standing.active + standing.queued_ahead + static_cast<std::int64_t>(weight);
   verdict.limit_value = static_cast<double>(limit);
   verdict.level = static_cast<double>(level);
+  verdict.queued_ahead = static_cast<double>(standing.queued_ahead);
   verdict.level_percent = Percent(verdict.level, verdict.limit_value);
   if (level > limit) {
     verdict.action = OverLimitAction(budget);
@@ -692,7 +788,7 @@ BudgetVerdict Decide(const Budget& budget, const Standing& standing, std::uint32
     checked = true;
   };
   if (budget.max_concurrent.has_value()) {
-    consider(CheckConcurrency(budget, standing.active, weight));
+    consider(CheckConcurrency(budget, standing, weight));
   }
   if (budget.per_query_limit.has_value() && predicted.has_value()) {
     consider(CheckPerQuery(budget, *predicted, cores));
@@ -753,11 +849,12 @@ Pending PendingOf(const AdmissionRequest& request, std::uint64_t hash) {
 // states[i] is the state of request i's instance (the same pointer for
 // requests of the same instance, which slots[] tells apart): the entry itself
 // in Admit (spinlocked), a copy in Evaluate; nullptr for an untracked request.
+// ahead[i]: the units queued ahead of request i in its instance's queue.
 // Each state is first brought to now at its budget's current drain rate.
 // Admit and Evaluate share this, so explain() shows the decision Admit makes.
 bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending* pending,
-                   const std::int32_t* slots, BucketState* const* states, std::int64_t now_us,
-                   BudgetVerdict* verdicts) {
+                   const std::int32_t* slots, BucketState* const* states, const std::int64_t* ahead,
+                   std::int64_t now_us, BudgetVerdict* verdicts) {
   bool refused = false;
   for (std::size_t i = 0; i < requests.size(); ++i) {
     const AdmissionRequest& request = requests[i];
@@ -770,6 +867,7 @@ bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending*
       PrepareBucket(state, pending[i].drain_per_second, now_us);
       state.last_used_us = std::max(state.last_used_us, now_us);  // a refusal is a use too
       standing.active = state.active;
+      standing.queued_ahead = ahead[i];
       standing.debt = state.debt;
       for (std::size_t j = 0; j < i; ++j) {  // the same instance twice in one call
         if (slots[j] != slots[i]) continue;
@@ -781,6 +879,137 @@ bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending*
     refused = refused || verdicts[i].action == BudgetVerdict::Action::kRefuse;
   }
   return refused;
+}
+
+// --- Queues (under the spinlock of the entry whose queue it is) ----------------
+
+// The backend a table was attached for, whether it waits in a queue (kept by
+// Enqueue and Dequeue, so that a statement that does not wait never reads
+// its WaiterRecord), and where it collects the backends to wake.
+struct QueueScope {
+  std::int32_t self = kNoWaiter;
+  bool* waiting = nullptr;
+  std::vector<std::int32_t>* wakes = nullptr;
+};
+
+WaiterRecord& WaiterOf(const TableView& table, std::int32_t backend) {
+  return table.backends[backend].waiter;
+}
+
+// The units queued ahead of `backend` in the entry's queue: all of them when
+// it is not in that queue.
+std::int64_t UnitsAhead(const TableView& table, const BucketEntry& entry, std::int32_t backend) {
+  std::int64_t ahead = 0;
+  for (std::int32_t b = entry.state.queue_head; b != kNoWaiter && b != backend;
+       b = WaiterOf(table, b).next) {
+    ahead += WaiterOf(table, b).units;
+  }
+  return ahead;
+}
+
+// Appends the scope's backend to the entry's queue.
+void Enqueue(const TableView& table, const QueueScope& scope, std::int32_t slot,
+             std::uint32_t units, std::int64_t limit) {
+  BucketEntry& entry = table.entries[slot];
+  WaiterRecord& me = WaiterOf(table, scope.self);
+  me.next = kNoWaiter;
+  me.prev = entry.state.queue_tail;
+  me.woken = 0;
+  me.units = units;
+  me.limit = limit;
+  me.slot = slot;
+  me.generation = entry.generation;
+  *scope.waiting = true;
+  if (entry.state.queue_tail != kNoWaiter) {
+    WaiterOf(table, entry.state.queue_tail).next = scope.self;
+  } else {
+    entry.state.queue_head = scope.self;
+  }
+  entry.state.queue_tail = scope.self;
+  entry.queued_units += units;
+}
+
+// Takes the scope's backend out of the queue it is in (slot `slot`).
+void Dequeue(const TableView& table, const QueueScope& scope, std::int32_t slot) {
+  BucketEntry& entry = table.entries[slot];
+  WaiterRecord& me = WaiterOf(table, scope.self);
+  if (me.prev != kNoWaiter) {
+    WaiterOf(table, me.prev).next = me.next;
+  } else {
+    entry.state.queue_head = me.next;
+  }
+  if (me.next != kNoWaiter) {
+    WaiterOf(table, me.next).prev = me.prev;
+  } else {
+    entry.state.queue_tail = me.prev;
+  }
+  entry.queued_units -= std::min(entry.queued_units, me.units);
+  me.next = me.prev = kNoWaiter;
+  me.woken = 0;
+  me.slot = kNoSlot;
+  *scope.waiting = false;
+}
+
+// Wakes the waiters at the head of the entry's queue that fit now (each
+// under the max_concurrent it waits under, behind the ones ahead of it),
+// each once until it retries. Stops at the first that does not fit: FIFO.
+// (If the scope's wake list were ever full, the waiters not woken are woken
+// by the next change of this queue: those woken re-check it.)
+void WakeFitting(const TableView& table, const QueueScope& scope, std::int32_t slot) {
+  const BucketEntry& entry = table.entries[slot];
+  std::int64_t used = entry.state.active;
+  for (std::int32_t b = entry.state.queue_head; b != kNoWaiter;) {
+    WaiterRecord& waiter = WaiterOf(table, b);
+    used += waiter.units;
+    if (used > waiter.limit) break;
+    if (!waiter.woken && scope.wakes->size() < scope.wakes->capacity()) {
+      waiter.woken = 1;
+      scope.wakes->push_back(b);  // no allocation: capacity was reserved
+    }
+    b = waiter.next;
+  }
+}
+
+// The units of `slot` (of that generation) a HeldRecord lists. Its owner
+// reads it directly; others through ReadHeldUnits.
+std::uint32_t HeldUnitsIn(const HeldRecord& record, std::int32_t slot, std::uint64_t generation) {
+  const std::uint32_t count =
+      std::min<std::uint32_t>(__atomic_load_n(&record.count, __ATOMIC_RELAXED), kHeldPerBackend);
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const HeldUnits& held = record.held[i];
+    if (__atomic_load_n(&held.slot, __ATOMIC_RELAXED) == slot &&
+        __atomic_load_n(&held.generation, __ATOMIC_RELAXED) == generation) {
+      return __atomic_load_n(&held.units, __ATOMIC_RELAXED);
+    }
+  }
+  return 0;
+}
+
+// HeldUnitsIn for another backend's record, read consistently (retried
+// while its owner writes it; 0 if it never settles).
+std::uint32_t ReadHeldUnits(const HeldRecord& record, std::int32_t slot, std::uint64_t generation) {
+  SpinBackoff backoff;
+  for (int attempt = 0; attempt < 10000; ++attempt) {
+    const std::uint32_t before = __atomic_load_n(&record.sequence, __ATOMIC_ACQUIRE);
+    if ((before & 1) == 0) {
+      const std::uint32_t units = HeldUnitsIn(record, slot, generation);
+      __atomic_thread_fence(__ATOMIC_ACQUIRE);
+      if (__atomic_load_n(&record.sequence, __ATOMIC_RELAXED) == before) return units;
+    }
+    backoff.Pause();
+  }
+  return 0;
+}
+
+// The total weight of the requests of one call for instance `slot`: what
+// the statement needs of it.
+std::uint32_t UnitsFor(const std::vector<AdmissionRequest>& requests, const std::int32_t* slots,
+                       std::int32_t slot) {
+  std::uint32_t units = 0;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    if (slots[i] == slot) units += requests[i].weight;
+  }
+  return units;
 }
 
 // Takes the spinlocks of the distinct entries among slots[0..count), in
@@ -806,42 +1035,123 @@ void UnlockEntries(const TableView& table, const std::int32_t* order, std::size_
   for (std::size_t k = locked; k > 0; --k) SpinUnlock(&table.entries[order[k - 1]].spin);
 }
 
+// Per-call arrays of an Admit, sized for its requests before anything is
+// locked.
+struct CallScratch {
+  Pending* pending;
+  std::int32_t* slots;  // the instance of each request (kNoSlot: untracked)
+  std::int32_t* order;  // the distinct slots, in locking order
+  BucketState** states;
+  std::int64_t* ahead;  // units queued ahead of each request
+};
+
+// Where the refusal of a statement that may wait lets it wait, and whether
+// waiting can help at all. Sets result->may_wait, queue_timeout_ms and, for
+// an instance the calling backend itself holds too much of to ever fit,
+// the verdict's held_by_caller. Returns the request whose instance's queue
+// a newcomer joins (the first that refuses by max_concurrent), or `count`.
+std::size_t JudgeWaiting(const TableView& table, const QueueScope& scope,
+                         const std::vector<AdmissionRequest>& requests, const CallScratch& call,
+                         AdmitResult* result) {
+  using Action = BudgetVerdict::Action;
+  const std::size_t count = requests.size();
+  std::size_t join = count;
+  result->may_wait = true;
+  result->queue_timeout_ms = std::numeric_limits<std::int64_t>::max();
+  for (std::size_t i = 0; i < count; ++i) {
+    BudgetVerdict& verdict = result->verdicts[i];
+    if (verdict.action != Action::kRefuse) continue;
+    if (!CanWaitFor(requests[i], verdict)) {
+      result->may_wait = false;
+      continue;
+    }
+    const std::int32_t slot = call.slots[i];
+    if (slot != kNoSlot && scope.self != kNoWaiter) {
+      // Units this backend holds itself never come free while it waits.
+      const std::int64_t own =
+          HeldUnitsIn(table.backends[scope.self].held, slot, table.entries[slot].generation);
+      if (own > 0 &&
+          own + UnitsFor(requests, call.slots, slot) > *requests[i].budget->max_concurrent) {
+        verdict.held_by_caller = own;
+        result->may_wait = false;
+        continue;
+      }
+    }
+    result->queue_timeout_ms =
+        std::min(result->queue_timeout_ms, requests[i].budget->queue_timeout_ms);
+    if (join == count && slot != kNoSlot) join = i;
+  }
+  if (!result->may_wait) result->queue_timeout_ms = 0;
+  return join;
+}
+
+// Applies a refusal's queueing for the scope's backend: it keeps its place in
+// the queue it waits in while that instance still refuses it by
+// max_concurrent and it may wait, else leaves it (waking who then fits),
+// and joins the queue of request `join` when it may wait and is in none.
+void MoveInQueues(const TableView& table, const QueueScope& scope,
+                  const std::vector<AdmissionRequest>& requests, const CallScratch& call,
+                  std::int32_t waited_slot, bool waits, std::size_t join,
+                  const AdmitResult& result) {
+  const std::size_t count = requests.size();
+  bool stays = false;
+  for (std::size_t i = 0; i < count && waits && waited_slot != kNoSlot; ++i) {
+    stays = stays || (call.slots[i] == waited_slot &&
+                      result.verdicts[i].action == BudgetVerdict::Action::kRefuse &&
+                      result.verdicts[i].limit == Limit::kMaxConcurrent);
+  }
+  if (stays) return;
+  if (waited_slot != kNoSlot) {
+    Dequeue(table, scope, waited_slot);
+    WakeFitting(table, scope, waited_slot);
+  }
+  if (waits && join < count) {
+    Enqueue(table, scope, call.slots[join], UnitsFor(requests, call.slots, call.slots[join]),
+            *requests[join].budget->max_concurrent);
+  }
+}
+
 // Decides every request and applies the outcome, with the spinlocks of every
-// entry in `slots` held (LockEntries). `states` is scratch for `count` state
-// pointers. No allocation: result->verdicts is sized and result->holdings
-// reserved by the caller.
-void DecideUnderSpinlocks(const TableView& table, const std::vector<AdmissionRequest>& requests,
-                          Pending* pending, std::int32_t* slots, BucketState** states,
+// entry in call.slots held (LockEntries), including the queues: see
+// BucketTable::Admit. No allocation: result->verdicts is sized and
+// result->holdings reserved by the caller, the scope's wakes reserved.
+void DecideUnderSpinlocks(const TableView& table, const QueueScope& scope,
+                          const std::vector<AdmissionRequest>& requests, const CallScratch& call,
                           AttemptKind kind, std::int64_t wall_now_us, std::int64_t now_us,
                           AdmitResult* result) {
   using Action = BudgetVerdict::Action;
   const std::size_t count = requests.size();
+  // The queue this backend waits in is among these entries (the caller made
+  // sure: LeaveQueueUnlessAmong).
+  const std::int32_t waited_slot = *scope.waiting ? WaiterOf(table, scope.self).slot : kNoSlot;
 
   for (std::size_t i = 0; i < count; ++i) {
-    states[i] = slots[i] != kNoSlot ? &table.entries[slots[i]].state : nullptr;
+    const std::int32_t slot = call.slots[i];
+    call.states[i] = slot != kNoSlot ? &table.entries[slot].state : nullptr;
+    call.ahead[i] = 0;
+    if (slot == kNoSlot) continue;
+    if (slot == waited_slot && result->waited_request < 0) {
+      result->waited_request = static_cast<std::int32_t>(i);
+    }
+    // Nearly always 0, read in the line the spinlock brought in: the queue
+    // itself is walked only when there is one.
+    if (table.entries[slot].queued_units != 0) {
+      call.ahead[i] = slot == waited_slot ? UnitsAhead(table, table.entries[slot], scope.self)
+                                          : table.entries[slot].queued_units;
+    }
   }
-  const bool refused =
-      JudgeRequests(requests, pending, slots, states, now_us, result->verdicts.data());
+  if (waited_slot != kNoSlot) WaiterOf(table, scope.self).woken = 0;  // it is retrying now
+  const bool refused = JudgeRequests(requests, call.pending, call.slots, call.states, call.ahead,
+                                     now_us, result->verdicts.data());
 
   if (refused) {
-    result->may_wait = true;
-    result->queue_timeout_ms = std::numeric_limits<std::int64_t>::max();
-    for (std::size_t i = 0; i < count; ++i) {
-      if (result->verdicts[i].action != Action::kRefuse) continue;
-      if (CanWaitFor(requests[i], result->verdicts[i])) {
-        result->queue_timeout_ms =
-            std::min(result->queue_timeout_ms, requests[i].budget->queue_timeout_ms);
-      } else {
-        result->may_wait = false;
-      }
-    }
-    if (!result->may_wait) result->queue_timeout_ms = 0;
+    const std::size_t join = JudgeWaiting(table, scope, requests, call, result);
     // A refusal is only "queued" when the caller really will wait and retry.
     const bool queued = kind == AttemptKind::kWillWait && result->may_wait;
     const bool still_waiting = kind == AttemptKind::kRetry && result->may_wait;
     for (std::size_t i = 0; i < count && !still_waiting; ++i) {
-      if (result->verdicts[i].action != Action::kRefuse || slots[i] == kNoSlot) continue;
-      BucketState& state = table.entries[slots[i]].state;
+      if (result->verdicts[i].action != Action::kRefuse || call.slots[i] == kNoSlot) continue;
+      BucketState& state = table.entries[call.slots[i]].state;
       if (queued) {
         ++state.queued;
       } else {
@@ -849,39 +1159,47 @@ void DecideUnderSpinlocks(const TableView& table, const std::vector<AdmissionReq
         state.last_blocked_at_us = wall_now_us;
       }
     }
+    if (scope.self != kNoWaiter) {
+      MoveInQueues(table, scope, requests, call, waited_slot,
+                   result->may_wait && kind != AttemptKind::kFinal, join, *result);
+    }
   } else {
     result->admitted = true;
     for (std::size_t i = 0; i < count; ++i) {
       const AdmissionRequest& request = requests[i];
-      if (slots[i] == kNoSlot) {
+      const std::int32_t slot = call.slots[i];
+      if (slot == kNoSlot) {
         ++result->untracked;
         result->holdings.push_back(Holding{Holding::kUntrackedSlot, request.weight, 0});
         continue;
       }
-      BucketState& state = table.entries[slots[i]].state;
+      BucketState& state = table.entries[slot].state;
       state.active += request.weight;
       ++state.admitted;
       if (result->verdicts[i].action == Action::kWarn) ++state.warned;
       // Charged at once, so concurrent arrivals see each other's cost.
       double charged = 0;
-      if (state.drain_per_second >= 0) charged = pending[i].predicted.value_or(0.0);
+      if (state.drain_per_second >= 0) charged = call.pending[i].predicted.value_or(0.0);
       state.debt += charged;
-      result->holdings.push_back(Holding{static_cast<std::uint32_t>(slots[i]), request.weight,
-                                         charged, table.entries[slots[i]].generation});
+      result->holdings.push_back(Holding{static_cast<std::uint32_t>(slot), request.weight, charged,
+                                         table.entries[slot].generation});
+    }
+    if (waited_slot != kNoSlot) {
+      Dequeue(table, scope, waited_slot);
+      WakeFitting(table, scope, waited_slot);  // those behind, if units are left
     }
   }
 }
 
 // DecideUnderSpinlocks with the spinlocks taken and released here; every slot
-// resolved under the exclusive table lock. `order` is scratch for `count`
-// slot numbers.
-void DecideLocked(const TableView& table, const std::vector<AdmissionRequest>& requests,
-                  Pending* pending, std::int32_t* slots, std::int32_t* order, BucketState** states,
+// resolved under the exclusive table lock.
+void DecideLocked(const TableView& table, const QueueScope& scope,
+                  const std::vector<AdmissionRequest>& requests, const CallScratch& call,
                   AttemptKind kind, std::int64_t wall_now_us, std::int64_t now_us,
                   AdmitResult* result) {
-  const std::size_t locked = LockEntries(table, slots, requests.size(), order);
-  DecideUnderSpinlocks(table, requests, pending, slots, states, kind, wall_now_us, now_us, result);
-  UnlockEntries(table, order, locked);
+  const std::size_t locked = LockEntries(table, call.slots, requests.size(), call.order);
+  DecideUnderSpinlocks(table, scope, requests, call, kind, wall_now_us, now_us, result);
+  UnlockEntries(table, call.order, locked);
 }
 
 }  // namespace
@@ -900,12 +1218,12 @@ std::string_view LimitName(Limit limit) {
   return "";
 }
 
-std::size_t BucketTable::RequiredBytes(std::uint32_t capacity) {
-  return ComputeLayout(capacity).total_bytes;
+std::size_t BucketTable::RequiredBytes(std::uint32_t capacity, std::uint32_t backends) {
+  return ComputeLayout(capacity, backends).total_bytes;
 }
 
-void BucketTable::Initialize(MemorySpan memory, std::uint32_t capacity) {
-  const Layout layout = ComputeLayout(capacity);
+void BucketTable::Initialize(MemorySpan memory, std::uint32_t capacity, std::uint32_t backends) {
+  const Layout layout = ComputeLayout(capacity, backends);
   CheckTableMemory(memory.data, memory.size, layout.total_bytes, alignof(TableHeader),
                    "bucket table");
   const std::uint64_t seed = RandomSeed();
@@ -920,8 +1238,9 @@ void BucketTable::Initialize(MemorySpan memory, std::uint32_t capacity) {
   header->hash_seed = seed;
   header->entries_offset = layout.entries_offset;
   header->index_offset = layout.index_offset;
+  header->backends_offset = layout.backends_offset;
   header->total_bytes = layout.total_bytes;
-  header->waiters = 0;
+  header->backend_count = backends;
   header->free_head = capacity > 0 ? 0 : kNoSlot;
   header->clock_hand = 0;
 
@@ -930,22 +1249,49 @@ void BucketTable::Initialize(MemorySpan memory, std::uint32_t capacity) {
     table.entries[slot].next = slot + 1 < capacity ? static_cast<std::int32_t>(slot + 1) : kNoSlot;
   }
   std::fill(table.index, table.index + layout.index_size, kNoSlot);
+  for (std::uint32_t backend = 0; backend < backends; ++backend) {
+    WaiterRecord& waiter = table.backends[backend].waiter;
+    waiter.next = waiter.prev = kNoWaiter;
+    waiter.slot = kNoSlot;
+  }
 }
 
-BucketTable::BucketTable(MemorySpan memory, TableLock& lock, Clock& clock)
+BucketTable::BucketTable(MemorySpan memory, TableLock& lock, Clock& clock, std::int32_t backend)
     : memory_(memory), lock_(lock), clock_(clock) {
   const auto* header = static_cast<const TableHeader*>(memory.data);
   if (memory.data == nullptr || memory.size < sizeof(TableHeader) || header->magic != kMagic ||
       header->version != kLayoutVersion || header->capacity > kMaxCapacity ||
-      header->total_bytes != ComputeLayout(header->capacity).total_bytes ||
+      header->backend_count > kMaxBackends ||
+      header->total_bytes != ComputeLayout(header->capacity, header->backend_count).total_bytes ||
       memory.size < header->total_bytes) {
     throw std::invalid_argument("bucket table memory is not formatted (call Initialize first)");
+  }
+  if (backend != kNoBackend &&
+      (backend < 0 || static_cast<std::uint32_t>(backend) >= header->backend_count)) {
+    throw std::invalid_argument("bucket table backend " + std::to_string(backend) +
+                                " out of range (" + std::to_string(header->backend_count) +
+                                " backends)");
   }
   const TableView table = ViewOf(memory);
   entries_ = table.entries;
   index_ = table.index;
   index_mask_ = table.mask;
   capacity_ = header->capacity;
+  backends_ = table.backends;
+  backend_count_ = header->backend_count;
+  backend_ = backend;
+  // Every backend can be woken at most once per change of a queue it is in;
+  // twice over, so that a wake list never has to grow under a spinlock.
+  wakes_.reserve(2 * static_cast<std::size_t>(backend_count_) + 16);
+  if (backend_ == kNoBackend) return;
+  // A new backend holds nothing and waits for nothing: a record left by a
+  // previous owner of this number (which always leaves its queue on exit)
+  // is cleared.
+  HeldRecord& held = table.backends[backend_].held;
+  __atomic_store_n(&held.count, 0u, __ATOMIC_RELEASE);
+  waiting_ = table.backends[backend_].waiter.slot != kNoSlot;
+  LeaveQueue();
+  ClearWakes();
 }
 
 std::uint64_t BucketTable::InstanceHash(const AdmissionRequest& request) const {
@@ -970,10 +1316,12 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
   result.holdings.clear();
   result.may_wait = false;
   result.queue_timeout_ms = 0;
+  result.waited_request = -1;
   result.untracked = 0;
   if (count == 0) {
     result.verdicts.clear();
     result.admitted = true;
+    LeaveQueue();
     return;
   }
   for (const AdmissionRequest& request : requests) {
@@ -981,7 +1329,8 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
   }
 
   // Everything that allocates or takes time happens before locking.
-  const TableView table = CachedView(memory_, entries_, index_, index_mask_);
+  const TableView table = CachedView(memory_, entries_, index_, index_mask_, backends_);
+  const QueueScope scope{backend_, &waiting_, &wakes_};
   result.verdicts.resize(count);  // every one is written by JudgeRequests
   result.holdings.reserve(count);
   // Written under the spinlocks: fetched for writing now (see PendingOf).
@@ -991,6 +1340,8 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
   SmallArray<std::int32_t, 4> slots(count, kNoSlot);
   SmallArray<std::int32_t, 4> order(count, kNoSlot);
   SmallArray<BucketState*, 4> states(count, nullptr);
+  SmallArray<std::int64_t, 4> ahead(count, 0);
+  const CallScratch call{pending.data(), slots.data(), order.data(), states.data(), ahead.data()};
   for (std::size_t i = 0; i < count; ++i) {
     const AdmissionRequest& request = requests[i];
     pending[i] =
@@ -1012,7 +1363,9 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
     slots[i] = FindUnlocked(table, pending[i].hash);
     all_found = slots[i] != kNoSlot;
   }
+  bool decided = false;
   if (all_found) {
+    LeaveQueueUnlessAmong(slots.data(), count);
     const std::size_t locked = LockEntries(table, slots.data(), count, order.data());
     bool confirmed = true;
     for (std::size_t i = 0; i < count && confirmed; ++i) {
@@ -1021,23 +1374,31 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
                          : SameKey(entry, pending[i].hash, requests[i]);
     }
     if (confirmed) {
-      DecideUnderSpinlocks(table, requests, pending.data(), slots.data(), states.data(), kind,
-                           wall_now_us, now_us, &result);
+      DecideUnderSpinlocks(table, scope, requests, call, kind, wall_now_us, now_us, &result);
     }
     UnlockEntries(table, order.data(), locked);
-    if (confirmed) return;
-    std::fill(slots.data(), slots.data() + count, kNoSlot);
-    std::fill(order.data(), order.data() + count, kNoSlot);
+    decided = confirmed;
+    if (!confirmed) {
+      std::fill(slots.data(), slots.data() + count, kNoSlot);
+      std::fill(order.data(), order.data() + count, kNoSlot);
+    }
   }
-
-  // A new instance: the exclusive lock to create it (looked up again, as the
-  // table may have changed in between).
-  ExclusiveGuard guard(lock_);
-  for (std::size_t i = 0; i < count; ++i) {
-    slots[i] = FindOrCreate(table, requests[i], pending[i].hash, now_us, slots.data(), i);
+  if (!decided) {
+    // A new instance: the exclusive lock to create it (looked up again, as
+    // the table may have changed in between).
+    ExclusiveGuard guard(lock_);
+    for (std::size_t i = 0; i < count; ++i) {
+      slots[i] = FindOrCreate(table, requests[i], pending[i].hash, now_us, slots.data(), i);
+    }
+    LeaveQueueUnlessAmong(slots.data(), count);
+    DecideLocked(table, scope, requests, call, kind, wall_now_us, now_us, &result);
   }
-  DecideLocked(table, requests, pending.data(), slots.data(), order.data(), states.data(), kind,
-               wall_now_us, now_us, &result);
+  if (backend_ == kNoBackend) return;
+  for (const Holding& holding : result.holdings) {
+    if (holding.slot != Holding::kUntrackedSlot) {
+      PublishHeld(holding.slot, holding.generation, holding.weight);
+    }
+  }
 }
 
 std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequest>& requests) {
@@ -1051,6 +1412,7 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
   std::vector<std::int32_t> slots(count, kNoSlot);
   std::vector<BucketState> copies(count);
   std::vector<BucketState*> states(count, nullptr);
+  std::vector<std::int64_t> ahead(count, 0);  // a newcomer: behind every waiter
   for (std::size_t i = 0; i < count; ++i) {
     const AdmissionRequest& request = requests[i];
     pending[i] =
@@ -1068,6 +1430,7 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
       BucketEntry& entry = table.entries[slots[i]];
       SpinGuard spin(entry);
       copies[i] = entry.state;
+      ahead[i] = entry.queued_units;
     }
   }
 
@@ -1097,13 +1460,14 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
     }
     states[i] = &copies[i];
   }
-  JudgeRequests(requests, pending.data(), slots.data(), states.data(), now_us, verdicts.data());
+  JudgeRequests(requests, pending.data(), slots.data(), states.data(), ahead.data(), now_us,
+                verdicts.data());
   return verdicts;
 }
 
 bool BucketTable::Release(const Holding& holding, std::optional<double> actual_seconds) {
   if (holding.slot == Holding::kUntrackedSlot || holding.slot >= capacity_) return false;
-  const TableView table = CachedView(memory_, entries_, index_, index_mask_);
+  const TableView table = CachedView(memory_, entries_, index_, index_mask_, backends_);
   const auto slot = static_cast<std::int32_t>(holding.slot);
   // A measurement that is not a number of seconds corrects nothing.
   const bool correct = actual_seconds.has_value() && std::isfinite(*actual_seconds) &&
@@ -1115,32 +1479,105 @@ bool BucketTable::Release(const Holding& holding, std::optional<double> actual_s
 
   // No table lock: the identity is checked under the entry's spinlock.
   BucketEntry& entry = table.entries[slot];
-  SpinGuard spin(entry);
-  // A mismatch means the holding was released already and the entry reused
-  // (or evicted: in use, a generation is never 0).
-  if (holding.generation == 0 || entry.generation != holding.generation) return false;
-  BucketState& state = entry.state;
-  state.active -= std::min<std::int64_t>(state.active, holding.weight);
-  if (correct && state.drain_per_second >= 0) {
-    DrainTo(state, now_us);
-    state.debt = std::max(0.0, state.debt + (*actual_seconds - holding.charged_seconds));
+  {
+    SpinGuard spin(entry);
+    // A mismatch means the holding was released already and the entry reused
+    // (or evicted: in use, a generation is never 0).
+    if (holding.generation == 0 || entry.generation != holding.generation) return false;
+    BucketState& state = entry.state;
+    state.active -= std::min<std::int64_t>(state.active, holding.weight);
+    if (correct && state.drain_per_second >= 0) {
+      DrainTo(state, now_us);
+      state.debt = std::max(0.0, state.debt + (*actual_seconds - holding.charged_seconds));
+    }
+    if (correct) state.last_used_us = std::max(state.last_used_us, now_us);
+    // Checked under the spinlock: see the locking rules on queues.
+    if (entry.queued_units != 0) WakeFitting(table, QueueScope{backend_, &waiting_, &wakes_}, slot);
   }
-  if (correct) state.last_used_us = std::max(state.last_used_us, now_us);
-  // Read under the spinlock: see the locking rules on waiters.
-  return __atomic_load_n(&table.header->waiters, __ATOMIC_SEQ_CST) > 0;
+  if (backend_ != kNoBackend) {
+    PublishHeld(holding.slot, holding.generation, -static_cast<std::int64_t>(holding.weight));
+  }
+  return true;
 }
 
-void BucketTable::AddWaiter() {
-  const TableView table = ViewOf(memory_);
-  __atomic_add_fetch(&table.header->waiters, 1, __ATOMIC_SEQ_CST);
+void BucketTable::LeaveQueue() {
+  if (!waiting_) return;
+  const TableView table = CachedView(memory_, entries_, index_, index_mask_, backends_);
+  const std::int32_t slot = WaiterOf(table, backend_).slot;
+  waiting_ = false;
+  if (slot == kNoSlot) return;
+  SpinGuard spin(table.entries[slot]);
+  const QueueScope scope{backend_, &waiting_, &wakes_};
+  Dequeue(table, scope, slot);
+  WakeFitting(table, scope, slot);
 }
 
-void BucketTable::RemoveWaiter() {
-  const TableView table = ViewOf(memory_);
-  std::int64_t waiters = __atomic_load_n(&table.header->waiters, __ATOMIC_SEQ_CST);
-  while (waiters > 0 && !__atomic_compare_exchange_n(&table.header->waiters, &waiters, waiters - 1,
-                                                     false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+void BucketTable::LeaveQueueUnlessAmong(const std::int32_t* slots, std::size_t count) {
+  if (!waiting_) return;
+  const std::int32_t slot =
+      backends_ != nullptr ? static_cast<BackendRecord*>(backends_)[backend_].waiter.slot : kNoSlot;
+  if (std::find(slots, slots + count, slot) == slots + count) LeaveQueue();
+}
+
+void BucketTable::PublishHeld(std::uint32_t slot, std::uint64_t generation, std::int64_t units) {
+  HeldRecord& record = static_cast<BackendRecord*>(backends_)[backend_].held;
+  const std::uint32_t sequence = record.sequence;  // only this backend writes it
+  __atomic_store_n(&record.sequence, sequence + 1, __ATOMIC_RELAXED);
+  __atomic_thread_fence(__ATOMIC_RELEASE);
+  const std::uint32_t count = record.count;
+  std::uint32_t i = 0;
+  while (i < count && !(record.held[i].slot == static_cast<std::int32_t>(slot) &&
+                        record.held[i].generation == generation)) {
+    ++i;
   }
+  if (i < count) {
+    const std::int64_t left = std::max<std::int64_t>(0, record.held[i].units + units);
+    if (left > 0) {
+      __atomic_store_n(&record.held[i].units, static_cast<std::uint32_t>(left), __ATOMIC_RELAXED);
+    } else {  // the last one takes its place
+      const HeldUnits last = record.held[count - 1];
+      __atomic_store_n(&record.held[i].slot, last.slot, __ATOMIC_RELAXED);
+      __atomic_store_n(&record.held[i].units, last.units, __ATOMIC_RELAXED);
+      __atomic_store_n(&record.held[i].generation, last.generation, __ATOMIC_RELAXED);
+      __atomic_store_n(&record.count, count - 1, __ATOMIC_RELAXED);
+    }
+  } else if (units > 0 && count < kHeldPerBackend) {  // else not published
+    __atomic_store_n(&record.held[count].slot, static_cast<std::int32_t>(slot), __ATOMIC_RELAXED);
+    __atomic_store_n(&record.held[count].units, static_cast<std::uint32_t>(units),
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&record.held[count].generation, generation, __ATOMIC_RELAXED);
+    __atomic_store_n(&record.count, count + 1, __ATOMIC_RELAXED);
+  }
+  __atomic_store_n(&record.sequence, sequence + 2, __ATOMIC_RELEASE);
+}
+
+std::vector<QueueHolder> BucketTable::HoldersOfQueue() {
+  std::vector<QueueHolder> holders;
+  if (!waiting_) return holders;
+  const TableView table = CachedView(memory_, entries_, index_, index_mask_, backends_);
+  const WaiterRecord& me = WaiterOf(table, backend_);
+  for (std::uint32_t b = 0; b < backend_count_; ++b) {
+    if (static_cast<std::int32_t>(b) == backend_) continue;
+    const std::uint32_t units = ReadHeldUnits(table.backends[b].held, me.slot, me.generation);
+    if (units > 0) holders.push_back(QueueHolder{static_cast<std::int32_t>(b), units});
+  }
+  return holders;
+}
+
+bool BucketTable::WaitCanNeverEnd(const std::int32_t* stuck, std::size_t count) {
+  if (!waiting_) return false;
+  const TableView table = CachedView(memory_, entries_, index_, index_mask_, backends_);
+  const WaiterRecord& me = WaiterOf(table, backend_);
+  std::int64_t kept = HeldUnitsIn(table.backends[backend_].held, me.slot, me.generation);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (stuck[i] < 0 || static_cast<std::uint32_t>(stuck[i]) >= backend_count_ ||
+        stuck[i] == backend_) {
+      continue;
+    }
+    kept += ReadHeldUnits(table.backends[stuck[i]].held, me.slot, me.generation);
+  }
+  // me.units and me.limit are this backend's own (written by it).
+  return kept + me.units > me.limit;
 }
 
 namespace {
@@ -1237,6 +1674,47 @@ void BucketTable::ResetCounters() {
   }
 }
 
+namespace {
+
+// The queues' invariants (for ConsistencyProblem, with nothing running).
+std::string QueueProblem(const TableView& table) {
+  const TableHeader& header = *table.header;
+  std::uint32_t queued_backends = 0;
+  for (std::uint32_t slot = 0; slot < header.capacity; ++slot) {
+    const BucketEntry& entry = table.entries[slot];
+    const std::string where = " in slot " + std::to_string(slot);
+    if (!entry.in_use) {
+      if (entry.queued_units != 0) return "queue on a free entry" + where;
+      continue;
+    }
+    std::int64_t units = 0;
+    std::int32_t prev = kNoWaiter;
+    for (std::int32_t b = entry.state.queue_head; b != kNoWaiter; b = WaiterOf(table, b).next) {
+      if (b < 0 || static_cast<std::uint32_t>(b) >= header.backend_count ||
+          ++queued_backends > header.backend_count) {
+        return "queue link out of range or looping" + where;
+      }
+      const WaiterRecord& waiter = WaiterOf(table, b);
+      if (waiter.slot != static_cast<std::int32_t>(slot) || waiter.prev != prev ||
+          waiter.generation != entry.generation) {
+        return "queue links broken" + where;
+      }
+      units += waiter.units;
+      prev = b;
+    }
+    if (prev != entry.state.queue_tail) return "queue tail wrong" + where;
+    if (units != entry.queued_units) return "queued units do not add up" + where;
+  }
+  std::uint32_t waiting = 0;
+  for (std::uint32_t b = 0; b < header.backend_count; ++b) {
+    if (table.backends[b].waiter.slot != kNoSlot) ++waiting;
+  }
+  if (waiting != queued_backends) return "a waiting backend is in no queue";
+  return "";
+}
+
+}  // namespace
+
 std::string BucketTable::ConsistencyProblem() {
   const TableView table = ViewOf(memory_);
   const std::uint32_t slot_count = capacity();
@@ -1276,7 +1754,7 @@ std::string BucketTable::ConsistencyProblem() {
     }
   }
   if (indexed != used) return "index size mismatch";
-  return "";
+  return QueueProblem(table);
 }
 
 }  // namespace tc

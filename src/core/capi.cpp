@@ -112,6 +112,7 @@ struct BackendState {
   // Storage behind the pointers handed out by tc_admit.
   tc::Decision decision;
   std::vector<tc_report> notices;
+  std::vector<std::int32_t> queue_holders;  // tc_queue_holders
   // ... and by the SQL interface's functions (one each).
   std::vector<tc::BudgetStatusRow> budget_rows;
   std::vector<tc_budget_status_row> budget_rows_c;
@@ -256,8 +257,9 @@ namespace {
 
 std::size_t AlignUp(std::size_t size) { return (size + 63) & ~static_cast<std::size_t>(63); }
 
-std::size_t BucketBytes(int max_buckets) {
-  return AlignUp(tc::BucketTable::RequiredBytes(static_cast<std::uint32_t>(max_buckets)));
+std::size_t BucketBytes(int max_buckets, int max_backends) {
+  return AlignUp(tc::BucketTable::RequiredBytes(static_cast<std::uint32_t>(max_buckets),
+                                                static_cast<std::uint32_t>(max_backends)));
 }
 
 std::size_t PatternBytes(int max_patterns) {
@@ -279,9 +281,9 @@ struct Spans {
   tc::MemorySpan buckets, patterns, rule_counters, history;
 };
 
-Spans SpansOf(void* memory, int max_buckets, int max_patterns) {
+Spans SpansOf(void* memory, int max_buckets, int max_patterns, int max_backends) {
   auto* base = static_cast<char*>(memory);
-  const std::size_t bucket_bytes = BucketBytes(max_buckets);
+  const std::size_t bucket_bytes = BucketBytes(max_buckets, max_backends);
   const std::size_t pattern_bytes = PatternBytes(max_patterns);
   const std::size_t counter_bytes = RuleCounterBytes(max_buckets);
   return Spans{tc::MemorySpan{base, bucket_bytes},
@@ -292,25 +294,27 @@ Spans SpansOf(void* memory, int max_buckets, int max_patterns) {
 
 }  // namespace
 
-size_t tc_shared_size(int max_buckets, int max_patterns) {
+size_t tc_shared_size(int max_buckets, int max_patterns, int max_backends) {
   size_t size = 0;
   const bool ok = Guarded([&] {
-    if (max_buckets <= 0 || max_patterns <= 0) return false;
-    size = BucketBytes(max_buckets) + PatternBytes(max_patterns) + RuleCounterBytes(max_buckets) +
-           HistoryBytes();
+    if (max_buckets <= 0 || max_patterns <= 0 || max_backends < 0) return false;
+    size = BucketBytes(max_buckets, max_backends) + PatternBytes(max_patterns) +
+           RuleCounterBytes(max_buckets) + HistoryBytes();
     return true;
   });
   return ok ? size : 0;
 }
 
-bool tc_shared_format(void* memory, size_t size, int max_buckets, int max_patterns) {
+bool tc_shared_format(void* memory, size_t size, int max_buckets, int max_patterns,
+                      int max_backends) {
   return Guarded([&] {
-    if (size == 0 || size < tc_shared_size(max_buckets, max_patterns)) {
+    if (size == 0 || size < tc_shared_size(max_buckets, max_patterns, max_backends)) {
       last_error = "traffic_control: shared memory too small";
       return false;
     }
-    const Spans spans = SpansOf(memory, max_buckets, max_patterns);
-    tc::BucketTable::Initialize(spans.buckets, static_cast<std::uint32_t>(max_buckets));
+    const Spans spans = SpansOf(memory, max_buckets, max_patterns, max_backends);
+    tc::BucketTable::Initialize(spans.buckets, static_cast<std::uint32_t>(max_buckets),
+                                static_cast<std::uint32_t>(max_backends));
     tc::PatternTable::Initialize(spans.patterns, static_cast<std::uint32_t>(max_patterns));
     tc::RuleCounterTable::Initialize(spans.rule_counters, static_cast<std::uint32_t>(max_buckets));
     tc::ViolationHistory::Initialize(spans.history);
@@ -318,18 +322,20 @@ bool tc_shared_format(void* memory, size_t size, int max_buckets, int max_patter
   });
 }
 
-bool tc_attach(void* memory, size_t size, int max_buckets, int max_patterns,
-               const tc_lock_ops* bucket_lock, const tc_lock_ops* pattern_lock) {
+bool tc_attach(void* memory, size_t size, int max_buckets, int max_patterns, int max_backends,
+               int backend, const tc_lock_ops* bucket_lock, const tc_lock_ops* pattern_lock) {
   return Guarded([&] {
-    if (size < tc_shared_size(max_buckets, max_patterns)) {
+    if (size < tc_shared_size(max_buckets, max_patterns, max_backends)) {
       last_error = "traffic_control: shared memory too small";
       return false;
     }
     BackendState& state = State();
-    const Spans spans = SpansOf(memory, max_buckets, max_patterns);
+    const Spans spans = SpansOf(memory, max_buckets, max_patterns, max_backends);
     state.bucket_lock = std::make_unique<ShimLock>(*bucket_lock);
     state.pattern_lock = std::make_unique<ShimLock>(*pattern_lock);
-    state.table = std::make_unique<tc::BucketTable>(spans.buckets, *state.bucket_lock, state.clock);
+    state.table = std::make_unique<tc::BucketTable>(
+        spans.buckets, *state.bucket_lock, state.clock,
+        backend >= 0 && backend < max_backends ? backend : tc::BucketTable::kNoBackend);
     state.patterns =
         std::make_unique<tc::PatternTable>(spans.patterns, *state.pattern_lock, state.clock);
     state.rule_counters = std::make_unique<tc::RuleCounterTable>(spans.rule_counters);
@@ -344,70 +350,127 @@ bool tc_attach(void* memory, size_t size, int max_buckets, int max_patterns,
 
 static_assert(TC_CPU_PRIORITY_IDLE == tc::kCpuPriorityIdle);
 
+}  // extern "C"
+
+namespace {
+
+// The table's wake list since the last ClearWakes, for the shim.
+tc_wakeups Wakeups() {
+  const tc::BucketTable* table = State().table.get();
+  if (table == nullptr || table->wakes().empty()) return tc_wakeups{0, nullptr};
+  return tc_wakeups{static_cast<int>(table->wakes().size()), table->wakes().data()};
+}
+
+void ClearWakes() {
+  if (State().table) State().table->ClearWakes();
+}
+
+// Fills *out from the controller's decision.
+void ExportDecision(BackendState& state, tc_admission* out) {
+  const tc::Decision& decision = state.decision;
+  // A decision that is final leaves no queue behind, whatever path it took.
+  if (decision.outcome != tc::Decision::Outcome::kMustWait && state.table) {
+    state.table->LeaveQueue();
+  }
+  state.notices.clear();
+  for (const tc::Report& notice : decision.notices) state.notices.push_back(ToC(notice));
+
+  std::memset(out, 0, sizeof *out);
+  switch (decision.outcome) {
+    case tc::Decision::Outcome::kAdmitted:
+      out->outcome = TC_ADMITTED;
+      break;
+    case tc::Decision::Outcome::kRefused:
+      out->outcome = TC_REFUSED;
+      out->refusal = ToC(decision.refusal);
+      break;
+    case tc::Decision::Outcome::kMustWait:
+      out->outcome = TC_MUST_WAIT;
+      break;
+  }
+  out->queue_timeout_ms = decision.queue_timeout_ms;
+  out->notice_count = static_cast<int>(state.notices.size());
+  out->notices = state.notices.empty() ? nullptr : state.notices.data();
+  out->holding = decision.holding;
+  out->measure_cpu = decision.measure_cpu;
+  out->cpu_priority = decision.cpu_priority;
+  out->predicted_seconds = decision.predicted_seconds ? *decision.predicted_seconds : -1;
+  out->wake = Wakeups();
+}
+
+}  // namespace
+
+extern "C" {
+
 bool tc_admit(const tc_statement* statement, tc_attempt attempt, tc_admission* out) {
   return Guarded([&] {
     BackendState& state = State();
+    ClearWakes();
     const tc::StatementInfo info = ToInfo(*statement, &state.controller.rule_set());
     const tc::AttemptKind kind = attempt == TC_ATTEMPT_FIRST   ? tc::AttemptKind::kWillWait
                                  : attempt == TC_ATTEMPT_RETRY ? tc::AttemptKind::kRetry
                                                                : tc::AttemptKind::kFinal;
     state.controller.Admit(info, kind, &state.decision);
-    const tc::Decision& decision = state.decision;
-    state.notices.clear();
-    for (const tc::Report& notice : decision.notices) state.notices.push_back(ToC(notice));
-
-    std::memset(out, 0, sizeof *out);
-    switch (decision.outcome) {
-      case tc::Decision::Outcome::kAdmitted:
-        out->outcome = TC_ADMITTED;
-        break;
-      case tc::Decision::Outcome::kRefused:
-        out->outcome = TC_REFUSED;
-        out->refusal = ToC(decision.refusal);
-        break;
-      case tc::Decision::Outcome::kMustWait:
-        out->outcome = TC_MUST_WAIT;
-        break;
-    }
-    out->queue_timeout_ms = decision.queue_timeout_ms;
-    out->notice_count = static_cast<int>(state.notices.size());
-    out->notices = state.notices.empty() ? nullptr : state.notices.data();
-    out->holding = decision.holding;
-    out->measure_cpu = decision.measure_cpu;
-    out->cpu_priority = decision.cpu_priority;
-    out->predicted_seconds = decision.predicted_seconds ? *decision.predicted_seconds : -1;
+    ExportDecision(state, out);
     return true;
   });
 }
 
-bool tc_release(int64_t holding, double cpu_seconds, bool completed, bool* wake) {
+bool tc_queue_holders(const int32_t** backends, int* count) {
   return Guarded([&] {
+    BackendState& state = State();
+    state.queue_holders.clear();
+    if (state.table) {
+      for (const tc::QueueHolder& holder : state.table->HoldersOfQueue()) {
+        state.queue_holders.push_back(holder.backend);
+      }
+    }
+    *backends = state.queue_holders.empty() ? nullptr : state.queue_holders.data();
+    *count = static_cast<int>(state.queue_holders.size());
+    return true;
+  });
+}
+
+bool tc_admit_if_wait_never_ends(const tc_statement* statement, const int32_t* stuck, int count,
+                                 int stuck_pid, bool* decided, tc_admission* out) {
+  return Guarded([&] {
+    BackendState& state = State();
+    ClearWakes();
+    const tc::StatementInfo info = ToInfo(*statement, &state.controller.rule_set());
+    *decided = state.controller.AdmitIfWaitNeverEnds(
+        info, stuck, count > 0 ? static_cast<std::size_t>(count) : 0, stuck_pid, &state.decision);
+    if (*decided) ExportDecision(state, out);
+    return true;
+  });
+}
+
+bool tc_release(int64_t holding, double cpu_seconds, bool completed, tc_wakeups* wake) {
+  return Guarded([&] {
+    ClearWakes();
     std::optional<double> measured;
     if (cpu_seconds >= 0) measured = cpu_seconds;
-    *wake = State().controller.Release(holding, measured, completed);
+    State().controller.Release(holding, measured, completed);
+    *wake = Wakeups();
     return true;
   });
 }
 
-bool tc_release_all(bool* wake) {
+bool tc_release_all(tc_wakeups* wake) {
   return Guarded([&] {
+    ClearWakes();
     State().controller.FlushRuleCounts();
     State().controller.FlushHistory();
-    *wake = State().controller.ReleaseAll();
+    State().controller.ReleaseAll();
+    *wake = Wakeups();
     return true;
   });
 }
 
-bool tc_waiter_add(void) {
+bool tc_waiter_leave(tc_wakeups* wake) {
   return Guarded([&] {
-    if (State().table) State().table->AddWaiter();
-    return true;
-  });
-}
-
-bool tc_waiter_remove(void) {
-  return Guarded([&] {
-    if (State().table) State().table->RemoveWaiter();
+    ClearWakes();
+    if (State().table) State().table->LeaveQueue();
+    *wake = Wakeups();
     return true;
   });
 }

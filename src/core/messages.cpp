@@ -57,7 +57,13 @@ std::string LimitAndLevel(const Budget& budget, const BudgetVerdict& verdict) {
     default: {
       std::string text = "limit " + std::string(LimitName(verdict.limit)) + " = " +
                          FormatNumber(verdict.limit_value) + ", level " +
-                         FormatNumber(verdict.level) + " running with this statement";
+                         FormatNumber(verdict.level);
+      if (verdict.queued_ahead > 0) {
+        text += " with this statement, " + FormatNumber(verdict.queued_ahead) +
+                " of them queued ahead of it";
+      } else {
+        text += " running with this statement";
+      }
       return text + (verdict.limit_value == 0 ? kShedsAll : PercentOfLimit(verdict));
     }
   }
@@ -89,6 +95,23 @@ Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict
         ", warning_threshold " + FormatNumber(*context.budget->warning_threshold) + "%";
   }
   report.detail += ".";
+  const bool concurrency = refused && verdict.limit == Limit::kMaxConcurrent;
+  if (concurrency && verdict.held_by_caller > 0) {
+    report.detail += " The wait could never end: this session already holds " +
+                     std::to_string(verdict.held_by_caller) +
+                     " of these units (an open cursor, or an outer statement of this budget).";
+    report.hint =
+        "Close this session's cursors of this budget, or raise max_concurrent, and retry.";
+    return report;
+  }
+  if (concurrency && context.stuck_pid != 0) {
+    report.detail += " The wait could never end: process " + std::to_string(context.stuck_pid) +
+                     " holds units of this budget and waits for a lock this transaction holds.";
+    report.hint =
+        "Retry the transaction: the holder can finish once this transaction's locks "
+        "are released.";
+    return report;
+  }
 
   if (refused && verdict.retry_after_ms >= 0) {
     // The time until the bucket has drained enough for this statement, if
