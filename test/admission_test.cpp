@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "test_doubles.hpp"
 #include "traffic_control/config.hpp"
 
 namespace tc {
@@ -17,16 +18,6 @@ namespace {
 constexpr std::uint32_t kUserId = 16384;
 constexpr std::uint32_t kDatabaseId = 5;
 
-class MutexLock final : public TableLock {
- public:
-  void LockExclusive() override { mutex_.lock(); }
-  void LockShared() override { mutex_.lock(); }
-  void Unlock() override { mutex_.unlock(); }
-
- private:
-  std::mutex mutex_;
-};
-
 class FakeClock final : public Clock {
  public:
   std::int64_t NowMicros() override { return now_us; }
@@ -35,7 +26,10 @@ class FakeClock final : public Clock {
 
 class AdmissionTest : public ::testing::Test {
  protected:
-  void Configure(const std::string& budgets_json, const std::string& rules_json) {
+  // `backend`: the number the controller's table is attached for (one of
+  // kBackends), kNoBackend for none.
+  void Configure(const std::string& budgets_json, const std::string& rules_json,
+                 std::int32_t backend = BucketTable::kNoBackend) {
     std::vector<Budget> budgets;
     std::vector<Rule> rules;
     std::string error;
@@ -45,13 +39,13 @@ class AdmissionTest : public ::testing::Test {
     controller_.SetRuleSet(RuleSet(std::move(budgets), std::move(rules), &problems));
     ASSERT_TRUE(problems.empty());
 
-    bucket_memory_.assign(BucketTable::RequiredBytes(64) / 8 + 1, 0);
+    bucket_memory_.assign(BucketTable::RequiredBytes(64, kBackends) / 8 + 1, 0);
     pattern_memory_.assign(PatternTable::RequiredBytes(64) / 8 + 1, 0);
-    const MemorySpan buckets{bucket_memory_.data(), bucket_memory_.size() * 8};
+    const MemorySpan buckets = BucketSpan();
     const MemorySpan patterns{pattern_memory_.data(), pattern_memory_.size() * 8};
-    BucketTable::Initialize(buckets, 64);
+    BucketTable::Initialize(buckets, 64, kBackends);
     PatternTable::Initialize(patterns, 64);
-    table_ = std::make_unique<BucketTable>(buckets, bucket_lock_, clock_);
+    table_ = std::make_unique<BucketTable>(buckets, bucket_lock_, clock_, backend);
     patterns_ = std::make_unique<PatternTable>(patterns, pattern_lock_, clock_);
     controller_.AttachTable(table_.get());
     controller_.AttachPatterns(patterns_.get());
@@ -73,6 +67,17 @@ class AdmissionTest : public ::testing::Test {
     return statement;
   }
 
+  MemorySpan BucketSpan() { return MemorySpan{bucket_memory_.data(), bucket_memory_.size() * 8}; }
+
+  // The only instance's queued and blocked_max_concurrent counters.
+  void ExpectQueuedAndBlocked(std::uint64_t queued, std::uint64_t blocked) {
+    const std::vector<BucketSnapshot> buckets = table_->Snapshot();
+    ASSERT_EQ(buckets.size(), 1u);
+    EXPECT_EQ(buckets[0].queued, queued);
+    EXPECT_EQ(buckets[0].blocked_max_concurrent, blocked);
+  }
+
+  static constexpr std::uint32_t kBackends = 4;
   MutexLock bucket_lock_, pattern_lock_;
   FakeClock clock_;
   std::vector<std::uint64_t> bucket_memory_, pattern_memory_;
@@ -317,10 +322,59 @@ TEST_F(AdmissionTest, QueueBudgetAsksToWaitThenRefusesOnTheFinalAttempt) {
   const Decision final_attempt = controller_.Admit(statement, AttemptKind::kFinal);
   ASSERT_EQ(final_attempt.outcome, Decision::Outcome::kRefused);
   EXPECT_NE(final_attempt.refusal.hint.find("queue_timeout_ms = 50"), std::string::npos);
-  const std::vector<BucketSnapshot> buckets = table_->Snapshot();
-  ASSERT_EQ(buckets.size(), 1u);
-  EXPECT_EQ(buckets[0].queued, 1u);
-  EXPECT_EQ(buckets[0].blocked_max_concurrent, 1u);
+  ExpectQueuedAndBlocked(1, 1);
+  controller_.ReleaseAll();
+}
+
+// A backend whose own open cursor holds the only slot: waiting could never
+// admit its next statement of the budget, so it is refused at once.
+TEST_F(AdmissionTest, AStatementWhoseSessionHoldsTheSlotItselfIsRefusedAtOnce) {
+  Configure(R"([{"name":"q","mode":"enforce","max_concurrent":1,"queue_timeout_ms":5000}])",
+            R"([{"budget":"q","match":{"route":"q"}}])", /*backend=*/0);
+  const auto statement = Statement("SELECT 1 /*route='q'*/");
+  ASSERT_EQ(controller_.Admit(statement, AttemptKind::kFinal).outcome,
+            Decision::Outcome::kAdmitted);
+  const Decision again = controller_.Admit(statement, AttemptKind::kWillWait);
+  ASSERT_EQ(again.outcome, Decision::Outcome::kRefused);
+  EXPECT_NE(again.refusal.detail.find("this session already holds 1 of these units"),
+            std::string::npos);
+  EXPECT_FALSE(table_->waiting());
+  ExpectQueuedAndBlocked(0, 1);
+  controller_.ReleaseAll();
+}
+
+// The deadlock check: another backend holds the slot and (the shim found)
+// waits for this backend's lock.
+TEST_F(AdmissionTest, AWaitThatCanNeverEndIsRefusedNamingTheHolder) {
+  Configure(R"([{"name":"q","mode":"enforce","max_concurrent":1,"queue_timeout_ms":5000}])",
+            R"([{"budget":"q","match":{"route":"q"}}])", /*backend=*/0);
+  BucketTable holder_table(BucketSpan(), bucket_lock_, clock_, /*backend=*/1);
+  AdmissionController holder;
+  holder.SetRuleSet(controller_.rule_set());
+  holder.AttachTable(&holder_table);
+  const auto statement = Statement("SELECT 1 /*route='q'*/");
+  ASSERT_EQ(holder.Admit(statement, AttemptKind::kFinal).outcome, Decision::Outcome::kAdmitted);
+  ASSERT_EQ(controller_.Admit(statement, AttemptKind::kWillWait).outcome,
+            Decision::Outcome::kMustWait);
+  Decision decision;
+  EXPECT_FALSE(controller_.AdmitIfWaitNeverEnds(statement, nullptr, 0, 0, &decision));
+  const std::int32_t stuck[] = {1};
+  ASSERT_TRUE(controller_.AdmitIfWaitNeverEnds(statement, stuck, 1, 4242, &decision));
+  ASSERT_EQ(decision.outcome, Decision::Outcome::kRefused);
+  EXPECT_EQ(decision.refusal.budget, "q");
+  EXPECT_NE(decision.refusal.detail.find("process 4242 holds units of this budget"),
+            std::string::npos);
+  EXPECT_FALSE(table_->waiting());
+  ExpectQueuedAndBlocked(1, 1);
+
+  // Once the holder is gone, the same check lets the wait go on (and the
+  // next attempt admits).
+  ASSERT_EQ(controller_.Admit(statement, AttemptKind::kWillWait).outcome,
+            Decision::Outcome::kMustWait);
+  holder.ReleaseAll();
+  EXPECT_FALSE(controller_.AdmitIfWaitNeverEnds(statement, stuck, 1, 4242, &decision));
+  EXPECT_EQ(controller_.Admit(statement, AttemptKind::kRetry).outcome,
+            Decision::Outcome::kAdmitted);
   controller_.ReleaseAll();
 }
 

@@ -13,16 +13,10 @@
 #include <thread>
 #include <tuple>
 
+#include "bucket_table_peer.hpp"
 #include "heap_segment.hpp"
 
 namespace tc {
-
-// Reaches the table's private consistency check.
-class BucketTableTestPeer {
- public:
-  static std::string ConsistencyProblem(BucketTable& table) { return table.ConsistencyProblem(); }
-};
-
 namespace {
 
 using Action = BudgetVerdict::Action;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "test_doubles.hpp"
 #include "traffic_control/admission.hpp"
 #include "traffic_control/config.hpp"
 #include "traffic_control/rule_counters.hpp"
@@ -18,16 +19,6 @@ namespace {
 // The role and database OIDs of the fixture's statements.
 constexpr std::uint32_t kUserId = 16384;
 constexpr std::uint32_t kDatabaseId = 5;
-
-class MutexLock final : public TableLock {
- public:
-  void LockExclusive() override { mutex_.lock(); }
-  void LockShared() override { mutex_.lock(); }
-  void Unlock() override { mutex_.unlock(); }
-
- private:
-  std::mutex mutex_;
-};
 
 class FakeClock final : public Clock {
  public:

@@ -12,9 +12,12 @@ namespace tc {
 template <typename Table>
 class HeapSegment {
  public:
-  explicit HeapSegment(std::uint32_t capacity)
-      : lines_(Table::RequiredBytes(capacity) / sizeof(CacheLine) + 1) {
-    Table::Initialize(span(), capacity);
+  // `sizes`: the table's capacity, and whatever else its RequiredBytes and
+  // Initialize take after it (the bucket table's backends).
+  template <typename... Sizes>
+  explicit HeapSegment(Sizes... sizes)
+      : lines_(Table::RequiredBytes(sizes...) / sizeof(CacheLine) + 1) {
+    Table::Initialize(span(), sizes...);
   }
   MemorySpan span() { return MemorySpan{lines_.data(), lines_.size() * sizeof(CacheLine)}; }
 

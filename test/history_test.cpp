@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "test_doubles.hpp"
 #include "traffic_control/admission.hpp"
 #include "traffic_control/config.hpp"
 
@@ -204,16 +205,6 @@ TEST_F(HistoryTest, ConcurrentWritersAcrossMinuteRollovers) {
 }
 
 // What the admission decision records: per budget, not per `each` instance.
-class MutexLock final : public TableLock {
- public:
-  void LockExclusive() override { mutex_.lock(); }
-  void LockShared() override { mutex_.lock(); }
-  void Unlock() override { mutex_.unlock(); }
-
- private:
-  std::mutex mutex_;
-};
-
 class FixedClock final : public Clock {
  public:
   std::int64_t NowMicros() override { return 1'000'000; }

@@ -86,6 +86,60 @@ TEST(Messages, MaxConcurrentRefusedAfterQueueing) {
             "this budget are running.");
 }
 
+// An enforce budget "reports" with a queue.
+Budget QueueBudget(std::int64_t max_concurrent) {
+  Budget budget = MakeBudget("reports", Mode::kEnforce);
+  budget.max_concurrent = max_concurrent;
+  budget.queue_timeout_ms = 10000;
+  return budget;
+}
+
+TEST(Messages, MaxConcurrentWithAQueueAhead) {
+  const Budget budget = QueueBudget(2);
+  BudgetVerdict verdict = Verdict(Action::kRefuse, Limit::kMaxConcurrent, 2, 4, 200);
+  verdict.queued_ahead = 2;
+  const Report report = FormatVerdict(Context(budget, "reports-rule"), verdict, true);
+  EXPECT_EQ(report.detail,
+            "Rule \"reports-rule\", predicted cost unknown, limit max_concurrent = 2, level 4 "
+            "with this statement, 2 of them queued ahead of it (200% of the limit), mode "
+            "enforce.");
+}
+
+// A wait that could never end says why, and what ends it.
+TEST(Messages, MaxConcurrentWaitsThatCouldNeverEnd) {
+  const Budget budget = QueueBudget(1);
+  BudgetVerdict verdict = Verdict(Action::kRefuse, Limit::kMaxConcurrent, 1, 2, 200);
+  verdict.held_by_caller = 1;
+  const Report itself = FormatVerdict(Context(budget, "reports-rule"), verdict, true);
+  EXPECT_EQ(itself.detail,
+            "Rule \"reports-rule\", predicted cost unknown, limit max_concurrent = 1, level 2 "
+            "running with this statement (200% of the limit), mode enforce. The wait could never "
+            "end: this session already holds 1 of these units (an open cursor, or an outer "
+            "statement of this budget).");
+  EXPECT_EQ(itself.hint,
+            "Close this session's cursors of this budget, or raise max_concurrent, and retry.");
+
+  VerdictContext context = Context(budget, "reports-rule");
+  context.stuck_pid = 4242;
+  const Report stuck =
+      FormatVerdict(context, Verdict(Action::kRefuse, Limit::kMaxConcurrent, 1, 2, 200), true);
+  EXPECT_EQ(stuck.message,
+            "[PGINSIGHTS] Traffic Control: query blocked by budget \"reports\": max_concurrent "
+            "exceeded");
+  EXPECT_EQ(stuck.detail,
+            "Rule \"reports-rule\", predicted cost unknown, limit max_concurrent = 1, level 2 "
+            "running with this statement (200% of the limit), mode enforce. The wait could never "
+            "end: process 4242 holds units of this budget and waits for a lock this transaction "
+            "holds.");
+  EXPECT_EQ(stuck.hint,
+            "Retry the transaction: the holder can finish once this transaction's locks are "
+            "released.");
+  // Only a refusal by max_concurrent is about waiting.
+  const Report warned =
+      FormatVerdict(context, Verdict(Action::kWarn, Limit::kMaxConcurrent, 1, 2, 200), false);
+  EXPECT_EQ(warned.detail.find("could never end"), std::string::npos);
+}
+
 TEST(Messages, MaxConcurrentZero) {
   Budget budget = MakeBudget("shed", Mode::kEnforce);
   budget.max_concurrent = 0;
