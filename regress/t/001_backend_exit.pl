@@ -1,8 +1,10 @@
 # traffic_control: a concurrency slot is freed when the backend holding it
 # ends abruptly -- pg_terminate_backend, client disconnect, a backend crash
-# (kill -9 and the postmaster's crash restart).
+# (kill -9 and the postmaster's crash restart) -- and a backend terminated
+# while it waits for a slot leaves the queue.
 #
 # Budget tap_one: enforce, max_concurrent 1, for statements tagged test='one'.
+# Budget tap_queue: the same with queue_timeout_ms 60000, tag test='queue'.
 # Every wait is bounded (30 s).
 use strict;
 use warnings;
@@ -22,8 +24,8 @@ $node->append_conf(
 	'postgresql.conf', q{
 shared_preload_libraries = 'traffic_control'
 restart_after_crash = on
-traffic_control.budgets = '[{"name":"tap_one","mode":"enforce","max_concurrent":1}]'
-traffic_control.rules = '[{"name":"tap_one","budget":"tap_one","match":{"test":"one"}}]'
+traffic_control.budgets = '[{"name":"tap_one","mode":"enforce","max_concurrent":1},{"name":"tap_queue","mode":"enforce","max_concurrent":1,"queue_timeout_ms":60000}]'
+traffic_control.rules = '[{"name":"tap_one","budget":"tap_one","match":{"test":"one"}},{"name":"tap_queue","budget":"tap_queue","match":{"test":"queue"}}]'
 });
 $node->start;
 
@@ -117,16 +119,18 @@ my $lock_wait_select = q{SELECT pg_advisory_lock(1) /*test='one'*/;};
 my $lock_wait_utility =
   q{DO $$ BEGIN PERFORM pg_advisory_lock(1); END $$ /*test='one'*/;};
 
+# The same for any wait: $event_type 'Extension' is a wait for a slot.
 sub start_lock_waiter
 {
-	my ($sql) = @_;
+	my ($sql, $event_type) = @_;
+	$event_type //= 'Lock';
 	my $holder = start_session();
 	my $pid = $holder->query_safe('SELECT pg_backend_pid()');
 	$holder->query_until(qr/sending/, "\\echo sending\n$sql\n");
 	ok( wait_for_result(
 			"SELECT wait_event_type FROM pg_stat_activity WHERE pid = $pid",
-			'Lock'),
-		'tagged statement waits for the advisory lock');
+			$event_type),
+		"tagged statement waits ($event_type)");
 	return ($holder, $pid);
 }
 
@@ -155,6 +159,43 @@ foreach my $case (['query', $lock_wait_select], ['utility', $lock_wait_utility])
 	is(try_tagged(), 'admitted', "terminate ($kind): and stays free");
 
 	kill_session($holder);
+	end_session($locker);
+}
+
+# ---- pg_terminate_backend of a backend waiting for a slot ------------------
+# Two statements queue behind the holder of tap_queue's only slot, and the
+# first one (the head of the queue) is terminated while it waits. Its exit
+# must take it out of the queue: when the holder ends, the second is admitted
+# at once instead of waiting out the 60 s queue timeout behind it.
+{
+	my $locker = start_session();
+	$locker->query_safe('SELECT pg_advisory_lock(1)');
+	my ($holder, $holder_pid) =
+	  start_lock_waiter(q{SELECT pg_advisory_lock(1) /*test='queue'*/;});
+	my ($first, $first_pid) =
+	  start_lock_waiter(q{SELECT 'first admitted' /*test='queue'*/;}, 'Extension');
+	my ($second, $second_pid) =
+	  start_lock_waiter(q{SELECT 'second admitted' /*test='queue'*/;}, 'Extension');
+
+	is($node->safe_psql('postgres', "SELECT pg_terminate_backend($first_pid)"),
+		't', 'terminate (waiting): pg_terminate_backend');
+	ok( wait_for_result(
+			"SELECT count(*) FROM pg_stat_activity WHERE pid = $first_pid", '0'),
+		'terminate (waiting): the backend is gone');
+
+	my $started = time();
+	$locker->query_safe('SELECT pg_advisory_unlock(1)');
+	like($second->query('SELECT 1'), qr/second admitted/,
+		'terminate (waiting): the next waiter is admitted when the holder ends');
+	cmp_ok(time() - $started, '<', 30,
+		'terminate (waiting): without waiting out the queue timeout');
+	my ($ret, $stdout) = $node->psql('postgres',
+		q{SELECT 'admitted' /*test='queue'*/}, timeout => $wait_seconds);
+	is($stdout, 'admitted', 'terminate (waiting): nothing is left held or queued');
+
+	end_session($second);
+	kill_session($first);
+	end_session($holder);
 	end_session($locker);
 }
 
