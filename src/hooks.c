@@ -120,24 +120,38 @@ opening_cursor(void)
 		ActivePortal->strategy == PORTAL_ONE_SELECT && ActivePortal->queryDesc == NULL;
 }
 
+/*
+ * Admits a planned statement. Before the executor has started
+ * (workers_can_be_cut), a parallel plan that does not fit its budgets' free
+ * max_concurrent units, or that asks for more than their
+ * max_parallel_workers, runs with the workers it is allowed.
+ */
 static void
-admit_query(QueryDesc *queryDesc)
+admit_query(QueryDesc *queryDesc, bool workers_can_be_cut)
 {
 	PlannedStmt *pstmt = queryDesc->plannedstmt;
-	int			location = pstmt->stmt_location;
-	int			length = pstmt->stmt_len;
+	TcStatementToAdmit what;
+	int			allowed;
 
 	if (is_control_plane(pstmt))
 		return;
-	if (outer_text != NULL && location <= 0 && length == 0 && queryDesc->sourceText != NULL &&
-		(queryDesc->sourceText == outer_text || strcmp(queryDesc->sourceText, outer_text) == 0))
+	what.source = queryDesc->sourceText;
+	what.location = pstmt->stmt_location;
+	what.length = pstmt->stmt_len;
+	if (outer_text != NULL && what.location <= 0 && what.length == 0 && what.source != NULL &&
+		(what.source == outer_text || strcmp(what.source, outer_text) == 0))
 	{
-		location = outer_location;
-		length = outer_length;
+		what.location = outer_location;
+		what.length = outer_length;
 	}
-	admit_statement(queryDesc->sourceText, location, length, command_name(pstmt->commandType),
-					pstmt->queryId, statement_workers(pstmt), admission_plan_cost(pstmt),
-					queryDesc, 0);
+	what.command = command_name(pstmt->commandType);
+	what.query_id = pstmt->queryId;
+	what.workers = statement_workers(pstmt);
+	what.workers_can_be_cut = workers_can_be_cut && what.workers > 0;
+	what.plan_cost = admission_plan_cost(pstmt);
+	allowed = admit_statement(&what, queryDesc, 0);
+	if (allowed < what.workers)
+		clamp_statement_workers(queryDesc, allowed);
 }
 
 static PlannedStmt *
@@ -168,7 +182,7 @@ tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 	else if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0 && client_statement())
 	{
 		if (admission_active())
-			admit_query(queryDesc);
+			admit_query(queryDesc, true);
 		else if (nesting_level > 0 && tc_enabled && opening_cursor())
 			record_pending(queryDesc);
 	}
@@ -191,7 +205,7 @@ admit_pending(QueryDesc *queryDesc)
 	if (ActivePortal != NULL && ActivePortal->holdStore != NULL)
 		return;
 	if (client_statement() && admission_active())
-		admit_query(queryDesc);
+		admit_query(queryDesc, false);	/* its executor has started */
 }
 
 static void
@@ -369,8 +383,12 @@ tc_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 	PG_TRY();
 	{
 		if (admitted)
-			admit_statement(queryString, pstmt->stmt_location, pstmt->stmt_len, "utility",
-							pstmt->queryId, 0, -1, NULL, level);
+		{
+			TcStatementToAdmit what = {queryString, pstmt->stmt_location, pstmt->stmt_len,
+			"utility", pstmt->queryId, 0, false, -1};
+
+			(void) admit_statement(&what, NULL, level);
+		}
 		nesting_level++;
 		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	}

@@ -63,10 +63,16 @@ command_name(CmdType command)
 	}
 }
 
+/*
+ * The planned parallel workers of a plan tree (every Gather and Gather
+ * Merge). With `allowed`, each Gather's workers are first cut to what is
+ * left of *allowed, in plan order, and *allowed is reduced by them.
+ */
 static int
-plan_workers(Plan *plan)
+plan_workers(Plan *plan, int *allowed)
 {
 	int			workers = 0;
+	int		   *num_workers = NULL;
 	ListCell   *cell;
 	List	   *children = NIL;
 
@@ -76,10 +82,10 @@ plan_workers(Plan *plan)
 	switch (nodeTag(plan))
 	{
 		case T_Gather:
-			workers += ((Gather *) plan)->num_workers;
+			num_workers = &((Gather *) plan)->num_workers;
 			break;
 		case T_GatherMerge:
-			workers += ((GatherMerge *) plan)->num_workers;
+			num_workers = &((GatherMerge *) plan)->num_workers;
 			break;
 		case T_Append:
 			children = ((Append *) plan)->appendplans;
@@ -94,7 +100,7 @@ plan_workers(Plan *plan)
 			children = ((BitmapOr *) plan)->bitmapplans;
 			break;
 		case T_SubqueryScan:
-			workers += plan_workers(((SubqueryScan *) plan)->subplan);
+			workers += plan_workers(((SubqueryScan *) plan)->subplan, allowed);
 			break;
 		case T_CustomScan:
 			children = ((CustomScan *) plan)->custom_plans;
@@ -102,23 +108,52 @@ plan_workers(Plan *plan)
 		default:
 			break;
 	}
+	if (num_workers != NULL)
+	{
+		if (allowed != NULL)
+		{
+			*num_workers = Min(*num_workers, Max(*allowed, 0));
+			*allowed -= *num_workers;
+		}
+		workers += *num_workers;
+	}
 	foreach(cell, children)
-		workers += plan_workers((Plan *) lfirst(cell));
-	return workers + plan_workers(plan->lefttree) + plan_workers(plan->righttree);
+		workers += plan_workers((Plan *) lfirst(cell), allowed);
+	return workers + plan_workers(plan->lefttree, allowed) +
+		plan_workers(plan->righttree, allowed);
 }
 
-int
-statement_workers(PlannedStmt *pstmt)
+static int
+all_plan_workers(PlannedStmt *pstmt, int *allowed)
 {
 	int			workers;
 	ListCell   *cell;
 
 	if (!pstmt->parallelModeNeeded)
 		return 0;
-	workers = plan_workers(pstmt->planTree);
+	workers = plan_workers(pstmt->planTree, allowed);
 	foreach(cell, pstmt->subplans)
-		workers += plan_workers((Plan *) lfirst(cell));
+		workers += plan_workers((Plan *) lfirst(cell), allowed);
 	return workers;
+}
+
+int
+statement_workers(PlannedStmt *pstmt)
+{
+	return all_plan_workers(pstmt, NULL);
+}
+
+void
+clamp_statement_workers(QueryDesc *queryDesc, int allowed)
+{
+	PlannedStmt *copy;
+
+	if (statement_workers(queryDesc->plannedstmt) <= allowed)
+		return;
+	/* The plan may be cached for later executions: cut a copy. */
+	copy = copyObject(queryDesc->plannedstmt);
+	(void) all_plan_workers(copy, &allowed);
+	queryDesc->plannedstmt = copy;
 }
 
 void
@@ -387,28 +422,28 @@ worth_measuring(double predicted_seconds, int64 wall_now_us)
 	return true;
 }
 
-void
-admit_statement(const char *source, int location, int length, const char *command,
-				uint64 query_id, int workers, double plan_cost, QueryDesc *query,
-				int utility_level)
+int
+admit_statement(const TcStatementToAdmit *what, QueryDesc *query, int utility_level)
 {
 	tc_statement statement;
 	tc_admission admission;
 
 	memset(&statement, 0, sizeof(statement));
-	if (source != NULL)
+	if (what->source != NULL)
 	{
-		if (location < 0)
-			location = 0;
-		statement.text = source + location;
-		statement.text_len = length > 0 ? (size_t) length : strlen(source + location);
+		int			location = Max(what->location, 0);
+
+		statement.text = what->source + location;
+		statement.text_len = what->length > 0 ? (size_t) what->length :
+			strlen(what->source + location);
 	}
 	fill_builtins(&statement);
-	statement.command = command;
-	statement.query_id = (int64) query_id;
-	statement.has_query_id = query_id != UINT64CONST(0);
-	statement.parallel_workers = workers;
-	statement.plan_cost = plan_cost;
+	statement.command = what->command;
+	statement.query_id = (int64) what->query_id;
+	statement.has_query_id = what->query_id != UINT64CONST(0);
+	statement.parallel_workers = what->workers;
+	statement.workers_can_be_cut = what->workers_can_be_cut;
+	statement.plan_cost = what->plan_cost;
 	statement.server_cores = effective_server_cores();
 	statement.message_prefix = tc_message_prefix;
 
@@ -425,4 +460,5 @@ admit_statement(const char *source, int location, int length, const char *comman
 					   worth_measuring(admission.predicted_seconds, statement.wall_now_us),
 					   admission.cpu_priority);
 	report_admission(&admission);
+	return Min(admission.parallel_workers, what->workers);
 }

@@ -208,6 +208,13 @@ extern TC_INTERNAL void leave_queue_quietly(void);
 /* Planned parallel workers of a statement (all its Gather nodes). */
 extern TC_INTERNAL int statement_workers(PlannedStmt *pstmt);
 
+/*
+ * Runs the query with at most `allowed` parallel workers in all: its Gather
+ * nodes are cut, in plan order, in a copy of the plan it then executes. A
+ * Gather left with none runs its plan in the leader.
+ */
+extern TC_INTERNAL void clamp_statement_workers(QueryDesc *queryDesc, int allowed);
+
 /* The `command` metadata value of a planned statement's command type. */
 extern TC_INTERNAL const char *command_name(CmdType command);
 
@@ -220,14 +227,27 @@ extern TC_INTERNAL const char *current_user_name(void);
 /* Unix epoch microseconds. */
 extern TC_INTERNAL int64 unix_now_us(void);
 
+/* What admit_statement decides about. */
+typedef struct TcStatementToAdmit
+{
+	const char *source;			/* the query string it is part of */
+	int			location;		/* its position in source (<= 0: from the start) */
+	int			length;			/* its length (0: to the end) */
+	const char *command;		/* the `command` metadata value */
+	uint64		query_id;
+	int			workers;		/* planned parallel workers */
+	bool		workers_can_be_cut; /* the executor has not started yet */
+	double		plan_cost;		/* <0: none (utility) */
+} TcStatementToAdmit;
+
 /*
  * Decides one statement and records what it holds (query != NULL: an
  * executor holding; else a utility statement's at utility_level), or raises
- * the refusal. Waits for a slot when a budget has a queue timeout.
+ * the refusal. Waits for a slot when a budget has a queue timeout. Returns
+ * the parallel workers it may start (no more than planned).
  */
-extern TC_INTERNAL void admit_statement(const char *source, int location, int length,
-										const char *command, uint64 query_id, int workers,
-										double plan_cost, QueryDesc *query, int utility_level);
+extern TC_INTERNAL int admit_statement(const TcStatementToAdmit *what, QueryDesc *query,
+									   int utility_level);
 
 /*
  * Is the statement only the control plane: reloading the configuration

@@ -524,5 +524,48 @@ TEST_F(AdmissionTest, AStatementIsLearnedForTheRoleItWasAdmittedAs) {
   EXPECT_EQ(patterns_->Snapshot().size(), 2u);
 }
 
+TEST_F(AdmissionTest, AParallelPlanRunsWithTheWorkersItsBudgetsAllow) {
+  Configure(R"([{"name": "pool", "mode": "enforce", "max_concurrent": 3},
+                {"name": "few", "mode": "enforce", "max_parallel_workers": 1},
+                {"name": "watch", "mode": "warn", "max_parallel_workers": 0}])",
+            R"([{"budget": "pool", "match": {"tier": ["p", "f"]}},
+                {"budget": "few", "match": {"tier": "f"}},
+                {"budget": "watch", "match": {"tier": "w"}}])");
+  StatementInfo parallel = Statement("SELECT 1 /*tier='p'*/");
+  parallel.parallel_workers = 4;
+  parallel.workers_can_be_cut = true;
+  // max_concurrent 3: the leader and two workers.
+  Decision decision = controller_.Admit(parallel, AttemptKind::kFinal);
+  ASSERT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(decision.parallel_workers, 2);
+  const std::int64_t three_units = decision.holding;
+  // Nothing left: not even a leader fits.
+  decision = controller_.Admit(parallel, AttemptKind::kFinal);
+  EXPECT_EQ(decision.outcome, Decision::Outcome::kRefused);
+  controller_.Release(three_units);
+
+  // max_parallel_workers 1 caps the plan before max_concurrent is asked.
+  StatementInfo few = parallel;
+  few.text = "SELECT 1 /*tier='f'*/";
+  decision = controller_.Admit(few, AttemptKind::kFinal);
+  ASSERT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(decision.parallel_workers, 1);
+  controller_.Release(decision.holding);
+
+  // A warn budget cuts nothing.
+  StatementInfo watched = parallel;
+  watched.text = "SELECT 1 /*tier='w'*/";
+  decision = controller_.Admit(watched, AttemptKind::kFinal);
+  EXPECT_EQ(decision.parallel_workers, 4);
+  controller_.Release(decision.holding);
+
+  // Workers that can no longer be cut (a cursor already started): all or
+  // nothing, as before.
+  StatementInfo started = parallel;
+  started.workers_can_be_cut = false;
+  decision = controller_.Admit(started, AttemptKind::kFinal);
+  EXPECT_EQ(decision.outcome, Decision::Outcome::kRefused);
+}
+
 }  // namespace
 }  // namespace tc

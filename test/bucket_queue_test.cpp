@@ -480,5 +480,29 @@ TEST(BucketQueue, ThreadsQueueingTogetherAreAllAdmittedAndNothingLeaks) {
   EXPECT_EQ(b.Problem(), "");
 }
 
+TEST(BucketQueue, APlanWhoseWorkersCanBeCutDoesNotTakeUnitsQueuedFor) {
+  Backends backends(3);
+  const Budget budget = Queued("fifo", 3);
+  const AdmitResult running = Try(backends[0], Needs(budget, 2));
+  ASSERT_TRUE(running.admitted);
+  // Backend 1 waits for the 2 units it needs; 1 is free.
+  ASSERT_FALSE(Try(backends[1], Needs(budget, 2)).admitted);
+  ASSERT_TRUE(backends[1].waiting());
+  // A newcomer whose workers can be cut would fit with its leader alone, but
+  // the free unit is queued for: it queues behind instead of overtaking.
+  std::vector<AdmissionRequest> cuttable = Needs(budget, 3);
+  cuttable[0].min_weight = 1;
+  EXPECT_FALSE(Try(backends[2], cuttable).admitted);
+  EXPECT_TRUE(backends[2].waiting());
+  // The release lets backend 1 in whole; then backend 2 gets what is left.
+  EXPECT_TRUE(backends[0].Release(running.holdings[0]));
+  const AdmitResult first = Try(backends[1], Needs(budget, 2));
+  ASSERT_TRUE(first.admitted);
+  const AdmitResult second = Try(backends[2], cuttable);
+  ASSERT_TRUE(second.admitted);
+  EXPECT_EQ(second.holdings[0].weight, 1u);
+  EXPECT_EQ(backends.Problem(), "");
+}
+
 }  // namespace
 }  // namespace tc

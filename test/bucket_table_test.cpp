@@ -283,6 +283,63 @@ TEST(BucketTable, ParallelWorkersCountAsWeight) {
   EXPECT_EQ(ActiveOf(h.table, "parallel"), 4);
 }
 
+// A parallel plan whose workers can be cut (min_weight 1).
+AdmissionRequest Cuttable(const Budget& budget, std::uint32_t weight) {
+  AdmissionRequest request = Request(budget, weight);
+  request.min_weight = 1;
+  return request;
+}
+
+TEST(BucketTable, AParallelPlanThatDoesNotFitRunsWithTheWorkersThatDo) {
+  Harness h;
+  const Budget budget = MakeBudget("cut", Mode::kEnforce, 2);
+  const AdmitResult first = AdmitOne(h.table, Cuttable(budget, 3));
+  ASSERT_TRUE(first.admitted);
+  EXPECT_EQ(first.holdings[0].weight, 2u);  // the leader and one worker
+  EXPECT_EQ(first.verdicts[0].action, Action::kPass);
+  EXPECT_EQ(first.verdicts[0].level, 2);
+  EXPECT_EQ(ActiveOf(h.table, "cut"), 2);
+
+  // Not even the leader fits: refused, as a plan that cannot be cut.
+  const AdmitResult second = AdmitOne(h.table, Cuttable(budget, 3));
+  EXPECT_FALSE(second.admitted);
+  EXPECT_EQ(second.verdicts[0].action, Action::kRefuse);
+  EXPECT_EQ(second.verdicts[0].level, 3);  // 2 running + its leader
+
+  EXPECT_TRUE(h.table.Release(first.holdings[0]));
+  const AdmitResult whole = AdmitOne(h.table, Cuttable(budget, 2));
+  ASSERT_TRUE(whole.admitted);
+  EXPECT_EQ(whole.holdings[0].weight, 2u);  // fits whole: nothing cut
+  const AdmitResult leader_only = AdmitOne(h.table, Cuttable(budget, 1));
+  EXPECT_FALSE(leader_only.admitted);
+  EXPECT_TRUE(h.table.Release(whole.holdings[0]));
+  EXPECT_EQ(ActiveOf(h.table, "cut"), 0);
+  ExpectConsistent(h.table);
+}
+
+TEST(BucketTable, OnlyEnforceBudgetsCutWorkersAndTheTightestCutHolds) {
+  Harness h;
+  const Budget warn = MakeBudget("warn", Mode::kWarn, 1);
+  const Budget roomy = MakeBudget("roomy", Mode::kEnforce, 3);
+  const Budget tight = MakeBudget("tight", Mode::kEnforce, 2);
+  // A warn budget reports, and cuts nothing.
+  const AdmitResult warned = AdmitOne(h.table, Cuttable(warn, 4));
+  ASSERT_TRUE(warned.admitted);
+  EXPECT_EQ(warned.holdings[0].weight, 4u);
+  EXPECT_EQ(warned.verdicts[0].action, Action::kWarn);
+  // Two enforce budgets: the one with less room sets the units for both.
+  const AdmitResult both =
+      h.table.Admit({Cuttable(roomy, 4), Cuttable(tight, 4)}, AttemptKind::kFinal, 42);
+  ASSERT_TRUE(both.admitted);
+  EXPECT_EQ(both.holdings[0].weight, 2u);
+  EXPECT_EQ(both.holdings[1].weight, 2u);
+  EXPECT_EQ(ActiveOf(h.table, "roomy"), 2);
+  EXPECT_EQ(ActiveOf(h.table, "tight"), 2);
+  // A plan whose workers cannot be cut is refused as before.
+  EXPECT_FALSE(AdmitOne(h.table, Request(roomy, 2)).admitted);
+  EXPECT_TRUE(AdmitOne(h.table, Cuttable(roomy, 2)).admitted);  // its leader fits
+}
+
 TEST(BucketTable, TheSameInstanceTwiceInOneCallCountsBoth) {
   Harness h;
   const Budget budget = MakeBudget("once", Mode::kEnforce, 1);

@@ -172,6 +172,7 @@ TEST(ConfigBudgets, RejectsOutOfRangeAndMistypedFields) {
   const std::string mode = R"(budgets[0].mode: must be "enforce", "warn" or "off")";
   const std::string priority =
       R"(budgets[0].cpu_priority: must be an integer between 0 and 19 (a nice value) or "idle")";
+  const std::string workers = "budgets[0].max_parallel_workers: must be an integer between 0 and 1024";
   const std::vector<ErrorCase> cases = {
       {R"("mode": "Enforce")", mode},
       {R"("mode": "")", mode},
@@ -211,10 +212,20 @@ TEST(ConfigBudgets, RejectsOutOfRangeAndMistypedFields) {
       {R"("cpu_priority": "low")", priority},
       {R"("cpu_priority": true)", priority},
       {R"("cpu_priority": ["idle"])", priority},
+      {R"("max_parallel_workers": -1)", workers},
+      {R"("max_parallel_workers": 1025)", workers},
+      {R"("max_parallel_workers": 1.5)", workers},
+      {R"("max_parallel_workers": "2")", workers},
   };
   for (const ErrorCase& test_case : cases) {
     EXPECT_EQ(OneBudgetError(test_case.input), test_case.expected_error) << test_case.input;
   }
+}
+
+TEST(ConfigBudgets, MaxParallelWorkersIsACount) {
+  EXPECT_FALSE(OneBudget("").max_parallel_workers.has_value());
+  EXPECT_EQ(OneBudget(R"("max_parallel_workers": 0)").max_parallel_workers, 0);
+  EXPECT_EQ(OneBudget(R"("max_parallel_workers": 1024)").max_parallel_workers, 1024);
 }
 
 TEST(ConfigBudgets, CpuPriorityIsANiceValueOrIdle) {

@@ -29,6 +29,10 @@ struct StatementInfo {
   std::uint32_t user_id = 0;
   std::uint32_t database_id = 0;
   int parallel_workers = 0;
+  // Its workers can be cut at admission (the executor has not started yet):
+  // a parallel plan that does not fit an enforce budget's max_concurrent
+  // then runs with the workers that fit (Decision::parallel_workers).
+  bool workers_can_be_cut = false;
   double plan_cost = -1;    // < 0: none
   double server_cores = 1;  // CPU-seconds per second of a full server
   std::int64_t wall_now_us = 0;
@@ -49,6 +53,10 @@ struct Decision {
   // Admitted: the weakest CPU priority an enforce budget of the statement
   // asks for while it runs (Budget::cpu_priority; 0 = normal).
   int cpu_priority = 0;
+  // Admitted: the parallel workers it may start (at most its planned ones:
+  // fewer when an enforce budget's max_parallel_workers or free
+  // max_concurrent units allow fewer).
+  int parallel_workers = 0;
 };
 
 // One budget that applies to an explained statement: what Admit would decide

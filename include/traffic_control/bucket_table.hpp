@@ -27,6 +27,11 @@ struct AdmissionRequest {
   std::string_view instance;       // `each` value
   bool has_instance = false;
   std::uint32_t weight = 1;  // 1 + planned parallel workers
+  // The fewest units the statement can run with: 1 for a parallel plan whose
+  // workers can be cut (its leader alone), 0 (or >= weight) when it needs
+  // exactly `weight`. Every request of one call carries the statement's
+  // weight and min_weight.
+  std::uint32_t min_weight = 0;
   // CPU-seconds the statement is predicted to use; nullopt = unknown. NaN,
   // infinite and negative values are treated as unknown. An unknown
   // prediction passes per_query_limit, counts as 0 for server_share (so it is
@@ -108,6 +113,11 @@ struct AdmitResult {
   // Requests that found no slot because the table was full of busy instances:
   // they were admitted without being counted (fail open; see docs).
   std::uint32_t untracked = 0;
+  // The cap on the units of requests whose workers can be cut (min_weight):
+  // what the enforce budgets' max_concurrent had free behind their queues.
+  // Each request was judged with and, admitted, took min(weight, cap), no
+  // fewer than min_weight (its Holding's weight). UINT32_MAX: no cap.
+  std::uint32_t unit_cap = UINT32_MAX;
 };
 
 struct BucketSnapshot {

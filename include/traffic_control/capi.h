@@ -95,6 +95,7 @@ typedef struct tc_statement
 	uint32_t	database_id;	/* MyDatabaseId; with these two, the estimator's
 								 * pattern key, as pg_stat_statements' */
 	int			parallel_workers;	/* planned workers; the statement counts 1 + this */
+	bool		workers_can_be_cut; /* the executor can still start fewer workers */
 	double		plan_cost;		/* planner total cost; <0 when none (utility) */
 	double		server_cores;	/* CPU-seconds per second of a full server */
 	int64_t		wall_now_us;	/* Unix epoch microseconds, for last_blocked_at */
@@ -130,6 +131,7 @@ typedef struct tc_admission
 	bool		measure_cpu;	/* measure CPU time and pass it to tc_release */
 	double		predicted_seconds;	/* CPU-seconds predicted; <0 = unknown */
 	int			cpu_priority;	/* TC_ADMITTED: nice 0-19 to run at, or TC_CPU_PRIORITY_IDLE */
+	int			parallel_workers;	/* TC_ADMITTED: workers it may start (<= planned) */
 	tc_wakeups	wake;			/* waiters to wake, whatever the outcome */
 } tc_admission;
 

@@ -29,6 +29,7 @@ struct Budget {
   std::optional<double> warning_threshold;     // percent 0..100
   std::int64_t queue_timeout_ms = 0;           // >= 0
   int cpu_priority = 0;  // nice 0..19, or kCpuPriorityIdle ("idle")
+  std::optional<std::int64_t> max_parallel_workers;  // >= 0
 };
 
 struct Condition {

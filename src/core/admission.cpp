@@ -117,8 +117,19 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
     *predicted = CachedPredict(pattern, statement.plan_cost, statement.wall_now_us);
   }
 
-  const std::uint32_t weight =
-      1 + static_cast<std::uint32_t>(std::max(0, statement.parallel_workers));
+  // 1 + the planned workers, no more than an enforce budget's
+  // max_parallel_workers allows (when they can be cut).
+  std::int64_t workers = std::max(0, statement.parallel_workers);
+  if (statement.workers_can_be_cut) {
+    for (const BudgetMatch& match : matches_) {
+      const Budget& budget = rules_.budgets()[match.budget_index];
+      if (budget.mode == Mode::kEnforce && budget.max_parallel_workers.has_value()) {
+        workers = std::min(workers, *budget.max_parallel_workers);
+      }
+    }
+  }
+  const std::uint32_t weight = 1 + static_cast<std::uint32_t>(workers);
+  const std::uint32_t min_weight = statement.workers_can_be_cut ? 1 : 0;
   const bool instances_known = match_instances_.size() == matches_.size();
   requests_.resize(matches_.size());
   for (std::size_t i = 0; i < matches_.size(); ++i) {
@@ -128,6 +139,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
     request.has_instance = match.has_instance;
     request.instance = match.instance;
     request.weight = weight;
+    request.min_weight = min_weight;
     request.predicted_seconds = *predicted;
     request.server_cores = statement.server_cores > 0 ? statement.server_cores : 1;
     const KnownInstance known = instances_known ? match_instances_[i] : KnownInstance{};
@@ -392,6 +404,7 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
   decision.measure_cpu = false;
   decision.predicted_seconds.reset();
   decision.cpu_priority = 0;
+  decision.parallel_workers = std::max(0, statement.parallel_workers);
   if (rules_.empty() || table_ == nullptr) return;
 
   std::optional<double> predicted;
@@ -416,6 +429,11 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
       match_instances_[i].generation = all_held ? result.holdings[i].generation : 0;
     }
     decision.measure_cpu = has_cost_limit;
+    // Every request of the statement took the same units: 1 + its workers.
+    if (!result.holdings.empty()) {
+      decision.parallel_workers =
+          std::min(decision.parallel_workers, static_cast<int>(result.holdings[0].weight) - 1);
+    }
     for (const BudgetMatch& match : matches_) {
       const Budget& budget = rules_.budgets()[match.budget_index];
       if (budget.mode == Mode::kEnforce) {

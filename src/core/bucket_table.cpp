@@ -801,11 +801,42 @@ BudgetVerdict Decide(const Budget& budget, const Standing& standing, std::uint32
 
 // Waiting helps only a concurrency refusal that a release can cure: the
 // statement fits the limit once others finish.
-bool CanWaitFor(const AdmissionRequest& request, const BudgetVerdict& verdict) {
+bool CanWaitFor(const AdmissionRequest& request, std::uint32_t units,
+                const BudgetVerdict& verdict) {
   const Budget& budget = *request.budget;
   return verdict.limit == Limit::kMaxConcurrent && budget.queue_timeout_ms > 0 &&
          budget.max_concurrent.has_value() && *budget.max_concurrent > 0 &&
-         static_cast<std::int64_t>(request.weight) <= *budget.max_concurrent;
+         static_cast<std::int64_t>(units) <= *budget.max_concurrent;
+}
+
+// The units a request is judged with, and takes: its weight, or, when its
+// workers can be cut (min_weight), no more than `cap` and no fewer than
+// min_weight.
+std::uint32_t UnitsOf(const AdmissionRequest& request, std::uint32_t cap) {
+  if (request.min_weight == 0 || request.min_weight >= request.weight) return request.weight;
+  return std::max(request.min_weight, std::min(request.weight, cap));
+}
+
+// The cap on a call's units: what every enforce budget with max_concurrent
+// has free behind the units queued ahead, so that a parallel plan that does
+// not fit runs with the workers that do, and is refused only when not even
+// its leader fits. A warn budget cuts nothing (it only reports).
+// UINT32_MAX: nothing is cut.
+std::uint32_t FitCap(const std::vector<AdmissionRequest>& requests, BucketState* const* states,
+                     const std::int64_t* ahead) {
+  std::uint32_t cap = std::numeric_limits<std::uint32_t>::max();
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    const AdmissionRequest& request = requests[i];
+    const Budget& budget = *request.budget;
+    if (UnitsOf(request, 0) == request.weight || budget.mode != Mode::kEnforce ||
+        !budget.max_concurrent.has_value()) {
+      continue;  // cannot be cut, or nothing to cut for
+    }
+    const std::int64_t used = (states[i] != nullptr ? states[i]->active : 0) + ahead[i];
+    const std::int64_t free = std::max<std::int64_t>(0, *budget.max_concurrent - used);
+    if (free < static_cast<std::int64_t>(cap)) cap = static_cast<std::uint32_t>(free);
+  }
+  return cap;
 }
 
 void CountBlocked(BucketState& state, Limit limit) {
@@ -854,7 +885,7 @@ Pending PendingOf(const AdmissionRequest& request, std::uint64_t hash) {
 // Admit and Evaluate share this, so explain() shows the decision Admit makes.
 bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending* pending,
                    const std::int32_t* slots, BucketState* const* states, const std::int64_t* ahead,
-                   std::int64_t now_us, BudgetVerdict* verdicts) {
+                   std::uint32_t cap, std::int64_t now_us, BudgetVerdict* verdicts) {
   bool refused = false;
   for (std::size_t i = 0; i < requests.size(); ++i) {
     const AdmissionRequest& request = requests[i];
@@ -871,11 +902,12 @@ bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending*
       standing.debt = state.debt;
       for (std::size_t j = 0; j < i; ++j) {  // the same instance twice in one call
         if (slots[j] != slots[i]) continue;
-        standing.active += requests[j].weight;
+        standing.active += UnitsOf(requests[j], cap);
         if (state.drain_per_second >= 0) standing.debt += pending[j].predicted.value_or(0.0);
       }
     }
-    verdicts[i] = Decide(budget, standing, request.weight, pending[i].predicted, pending[i].cores);
+    verdicts[i] =
+        Decide(budget, standing, UnitsOf(request, cap), pending[i].predicted, pending[i].cores);
     refused = refused || verdicts[i].action == BudgetVerdict::Action::kRefuse;
   }
   return refused;
@@ -1001,13 +1033,13 @@ std::uint32_t ReadHeldUnits(const HeldRecord& record, std::int32_t slot, std::ui
   return 0;
 }
 
-// The total weight of the requests of one call for instance `slot`: what
-// the statement needs of it.
+// The units the requests of one call for instance `slot` need of it, under
+// the call's cap.
 std::uint32_t UnitsFor(const std::vector<AdmissionRequest>& requests, const std::int32_t* slots,
-                       std::int32_t slot) {
+                       std::int32_t slot, std::uint32_t cap) {
   std::uint32_t units = 0;
   for (std::size_t i = 0; i < requests.size(); ++i) {
-    if (slots[i] == slot) units += requests[i].weight;
+    if (slots[i] == slot) units += UnitsOf(requests[i], cap);
   }
   return units;
 }
@@ -1061,7 +1093,7 @@ std::size_t JudgeWaiting(const TableView& table, const QueueScope& scope,
   for (std::size_t i = 0; i < count; ++i) {
     BudgetVerdict& verdict = result->verdicts[i];
     if (verdict.action != Action::kRefuse) continue;
-    if (!CanWaitFor(requests[i], verdict)) {
+    if (!CanWaitFor(requests[i], UnitsOf(requests[i], result->unit_cap), verdict)) {
       result->may_wait = false;
       continue;
     }
@@ -1071,7 +1103,8 @@ std::size_t JudgeWaiting(const TableView& table, const QueueScope& scope,
       const std::int64_t own =
           HeldUnitsIn(table.backends[scope.self].held, slot, table.entries[slot].generation);
       if (own > 0 &&
-          own + UnitsFor(requests, call.slots, slot) > *requests[i].budget->max_concurrent) {
+          own + UnitsFor(requests, call.slots, slot, result->unit_cap) >
+              *requests[i].budget->max_concurrent) {
         verdict.held_by_caller = own;
         result->may_wait = false;
         continue;
@@ -1106,7 +1139,8 @@ void MoveInQueues(const TableView& table, const QueueScope& scope,
     WakeFitting(table, scope, waited_slot);
   }
   if (waits && join < count) {
-    Enqueue(table, scope, call.slots[join], UnitsFor(requests, call.slots, call.slots[join]),
+    Enqueue(table, scope, call.slots[join],
+            UnitsFor(requests, call.slots, call.slots[join], result.unit_cap),
             *requests[join].budget->max_concurrent);
   }
 }
@@ -1141,8 +1175,10 @@ void DecideUnderSpinlocks(const TableView& table, const QueueScope& scope,
     }
   }
   if (waited_slot != kNoSlot) WaiterOf(table, scope.self).woken = 0;  // it is retrying now
+  const std::uint32_t cap = FitCap(requests, call.states, call.ahead);
+  result->unit_cap = cap;
   const bool refused = JudgeRequests(requests, call.pending, call.slots, call.states, call.ahead,
-                                     now_us, result->verdicts.data());
+                                     cap, now_us, result->verdicts.data());
 
   if (refused) {
     const std::size_t join = JudgeWaiting(table, scope, requests, call, result);
@@ -1166,22 +1202,22 @@ void DecideUnderSpinlocks(const TableView& table, const QueueScope& scope,
   } else {
     result->admitted = true;
     for (std::size_t i = 0; i < count; ++i) {
-      const AdmissionRequest& request = requests[i];
       const std::int32_t slot = call.slots[i];
       if (slot == kNoSlot) {
         ++result->untracked;
-        result->holdings.push_back(Holding{Holding::kUntrackedSlot, request.weight, 0});
+        result->holdings.push_back(Holding{Holding::kUntrackedSlot, UnitsOf(requests[i], cap), 0});
         continue;
       }
       BucketState& state = table.entries[slot].state;
-      state.active += request.weight;
+      const std::uint32_t units = UnitsOf(requests[i], cap);
+      state.active += units;
       ++state.admitted;
       if (result->verdicts[i].action == Action::kWarn) ++state.warned;
       // Charged at once, so concurrent arrivals see each other's cost.
       double charged = 0;
       if (state.drain_per_second >= 0) charged = call.pending[i].predicted.value_or(0.0);
       state.debt += charged;
-      result->holdings.push_back(Holding{static_cast<std::uint32_t>(slot), request.weight, charged,
+      result->holdings.push_back(Holding{static_cast<std::uint32_t>(slot), units, charged,
                                          table.entries[slot].generation});
     }
     if (waited_slot != kNoSlot) {
@@ -1318,6 +1354,7 @@ void BucketTable::Admit(const std::vector<AdmissionRequest>& requests, AttemptKi
   result.queue_timeout_ms = 0;
   result.waited_request = -1;
   result.untracked = 0;
+  result.unit_cap = std::numeric_limits<std::uint32_t>::max();
   if (count == 0) {
     result.verdicts.clear();
     result.admitted = true;
@@ -1460,8 +1497,8 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
     }
     states[i] = &copies[i];
   }
-  JudgeRequests(requests, pending.data(), slots.data(), states.data(), ahead.data(), now_us,
-                verdicts.data());
+  JudgeRequests(requests, pending.data(), slots.data(), states.data(), ahead.data(),
+                FitCap(requests, states.data(), ahead.data()), now_us, verdicts.data());
   return verdicts;
 }
 

@@ -171,6 +171,7 @@ tc::StatementInfo ToInfo(const tc_statement& statement, const tc::RuleSet* only_
   info.user_id = statement.user_id;
   info.database_id = statement.database_id;
   info.parallel_workers = statement.parallel_workers;
+  info.workers_can_be_cut = statement.workers_can_be_cut;
   info.plan_cost = statement.plan_cost;
   info.server_cores = statement.server_cores;
   info.wall_now_us = statement.wall_now_us;
@@ -394,6 +395,7 @@ void ExportDecision(BackendState& state, tc_admission* out) {
   out->holding = decision.holding;
   out->measure_cpu = decision.measure_cpu;
   out->cpu_priority = decision.cpu_priority;
+    out->parallel_workers = decision.parallel_workers;
   out->predicted_seconds = decision.predicted_seconds ? *decision.predicted_seconds : -1;
   out->wake = Wakeups();
 }

@@ -57,6 +57,8 @@ constexpr IntegerBounds kMaxConcurrentBounds{0, kMaxMaxConcurrent,
                                              "must be an integer between 0 and 1000000"};
 constexpr IntegerBounds kQueueTimeoutBounds{0, kMaxQueueTimeoutMs,
                                             "must be an integer between 0 and 3600000"};
+constexpr IntegerBounds kMaxParallelWorkersBounds{0, 1024,
+                                                  "must be an integer between 0 and 1024"};
 constexpr IntegerBounds kCpuPriorityBounds{
     0, kCpuPriorityIdle - 1, "must be an integer between 0 and 19 (a nice value) or \"idle\""};
 
@@ -362,7 +364,7 @@ bool ParseBudget(const Json& item, std::string_view path,
   if (!CheckKnownFields(item, path,
                         {"name", "mode", "server_share", "burst_limit", "per_query_limit",
                          "max_concurrent", "warning_threshold", "queue_timeout_ms",
-                         "cpu_priority"},
+                         "cpu_priority", "max_parallel_workers"},
                         error)) {
     return false;
   }
@@ -401,7 +403,9 @@ bool ParseBudget(const Json& item, std::string_view path,
     return false;
   }
   if (queue_timeout_ms.has_value()) budget->queue_timeout_ms = *queue_timeout_ms;
-  return ReadCpuPriority(item, path, &budget->cpu_priority, error);
+  if (!ReadCpuPriority(item, path, &budget->cpu_priority, error)) return false;
+  return ReadOptionalInteger(item, "max_parallel_workers", path, kMaxParallelWorkersBounds,
+                             &budget->max_parallel_workers, error);
 }
 
 // Checks one match value for a built-in key and puts it in the form the rule
