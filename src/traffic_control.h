@@ -7,10 +7,12 @@
  *   settings.c       GUC definitions and hooks, the rule set rebuilt between
  *                    statements, server cores
  *   shmem.c          the shared segment, its LWLocks and the core's lock ops
- *   holdings.c       holding records, every release path
+ *   holdings.c       holding records, every release path, the CPU a
+ *                    statement and its parallel workers used
+ *   priority.c       the OS CPU priority a statement runs at (cpu_priority)
  *   queue.c          waiting for a slot, waking waiters, the deadlock check
- *   statement.c      built-in metadata, plan workers, the call into the core,
- *                    the control plane
+ *   statement.c      built-in metadata, plan workers (and cutting them), the
+ *                    call into the core, the control plane
  *   plan_cost.c      the plan cost admission trusts (the server's planner
  *                    settings, not the session's)
  *   reporting.c      NOTICE/ERROR text for the client, rate-limited log lines
