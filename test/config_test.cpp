@@ -172,7 +172,8 @@ TEST(ConfigBudgets, RejectsOutOfRangeAndMistypedFields) {
   const std::string mode = R"(budgets[0].mode: must be "enforce", "warn" or "off")";
   const std::string priority =
       R"(budgets[0].cpu_priority: must be an integer between 0 and 19 (a nice value) or "idle")";
-  const std::string workers = "budgets[0].max_parallel_workers: must be an integer between 0 and 1024";
+  const std::string workers =
+      "budgets[0].max_parallel_workers: must be an integer between 0 and 1024";
   const std::vector<ErrorCase> cases = {
       {R"("mode": "Enforce")", mode},
       {R"("mode": "")", mode},

@@ -22,13 +22,13 @@ constexpr int kCpuPriorityIdle = 20;
 struct Budget {
   std::string name;  // 1-63 of [A-Za-z0-9_.-], unique
   Mode mode = Mode::kWarn;
-  std::optional<double> server_share;          // percent 0..100
-  double burst_limit = 1.0;                    // seconds of full-server use, > 0
-  std::optional<double> per_query_limit;       // seconds of full-server use, >= 0
-  std::optional<std::int64_t> max_concurrent;  // >= 0
-  std::optional<double> warning_threshold;     // percent 0..100
-  std::int64_t queue_timeout_ms = 0;           // >= 0
-  int cpu_priority = 0;  // nice 0..19, or kCpuPriorityIdle ("idle")
+  std::optional<double> server_share;                // percent 0..100
+  double burst_limit = 1.0;                          // seconds of full-server use, > 0
+  std::optional<double> per_query_limit;             // seconds of full-server use, >= 0
+  std::optional<std::int64_t> max_concurrent;        // >= 0
+  std::optional<double> warning_threshold;           // percent 0..100
+  std::int64_t queue_timeout_ms = 0;                 // >= 0
+  int cpu_priority = 0;                              // nice 0..19, or kCpuPriorityIdle ("idle")
   std::optional<std::int64_t> max_parallel_workers;  // >= 0
 };
 

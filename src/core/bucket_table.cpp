@@ -1102,9 +1102,8 @@ std::size_t JudgeWaiting(const TableView& table, const QueueScope& scope,
       // Units this backend holds itself never come free while it waits.
       const std::int64_t own =
           HeldUnitsIn(table.backends[scope.self].held, slot, table.entries[slot].generation);
-      if (own > 0 &&
-          own + UnitsFor(requests, call.slots, slot, result->unit_cap) >
-              *requests[i].budget->max_concurrent) {
+      if (own > 0 && own + UnitsFor(requests, call.slots, slot, result->unit_cap) >
+                         *requests[i].budget->max_concurrent) {
         verdict.held_by_caller = own;
         result->may_wait = false;
         continue;

@@ -395,7 +395,7 @@ void ExportDecision(BackendState& state, tc_admission* out) {
   out->holding = decision.holding;
   out->measure_cpu = decision.measure_cpu;
   out->cpu_priority = decision.cpu_priority;
-    out->parallel_workers = decision.parallel_workers;
+  out->parallel_workers = decision.parallel_workers;
   out->predicted_seconds = decision.predicted_seconds ? *decision.predicted_seconds : -1;
   out->wake = Wakeups();
 }

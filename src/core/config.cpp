@@ -57,8 +57,7 @@ constexpr IntegerBounds kMaxConcurrentBounds{0, kMaxMaxConcurrent,
                                              "must be an integer between 0 and 1000000"};
 constexpr IntegerBounds kQueueTimeoutBounds{0, kMaxQueueTimeoutMs,
                                             "must be an integer between 0 and 3600000"};
-constexpr IntegerBounds kMaxParallelWorkersBounds{0, 1024,
-                                                  "must be an integer between 0 and 1024"};
+constexpr IntegerBounds kMaxParallelWorkersBounds{0, 1024, "must be an integer between 0 and 1024"};
 constexpr IntegerBounds kCpuPriorityBounds{
     0, kCpuPriorityIdle - 1, "must be an integer between 0 and 19 (a nice value) or \"idle\""};
 
@@ -361,11 +360,11 @@ bool ReadCpuPriority(const Json& item, std::string_view path, int* out, std::str
 bool ParseBudget(const Json& item, std::string_view path,
                  std::unordered_set<std::string>* used_names, Budget* budget, std::string* error) {
   if (!item.is_object()) return Fail(error, std::string(path) + ": must be a JSON object");
-  if (!CheckKnownFields(item, path,
-                        {"name", "mode", "server_share", "burst_limit", "per_query_limit",
-                         "max_concurrent", "warning_threshold", "queue_timeout_ms",
-                         "cpu_priority", "max_parallel_workers"},
-                        error)) {
+  if (!CheckKnownFields(
+          item, path,
+          {"name", "mode", "server_share", "burst_limit", "per_query_limit", "max_concurrent",
+           "warning_threshold", "queue_timeout_ms", "cpu_priority", "max_parallel_workers"},
+          error)) {
     return false;
   }
   if (FindField(item, "name") == nullptr) {
