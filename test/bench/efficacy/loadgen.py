@@ -61,7 +61,8 @@ class Attempts:
 class LoopClient(threading.Thread):
     """One persistent connection running `query` in a loop until `stop` is
     set; a refusal (53000) waits as the hint says, a lost connection is
-    reconnected after retry_ms."""
+    reconnected after retry_ms. `query` may be a callable returning the
+    (query, parameters) of the next attempt."""
 
     def __init__(self, name, dsn, query, stop, attempts, retry_ms, start_delay=0.0):
         super().__init__(name=name, daemon=True)
@@ -87,7 +88,10 @@ class LoopClient(threading.Thread):
                     self.connect()
                     t0 = time.time()
                 self.busy = True
-                self.conn.execute(self.query).fetchall()
+                query, params = self.query() if callable(self.query) else (self.query, None)
+                cur = self.conn.execute(query, params)
+                if cur.description is not None:
+                    cur.fetchall()
                 self.busy = False
                 self.attempts.add(self.name, t0, time.time(), "completed", "", "", "")
             except psycopg.Error as e:

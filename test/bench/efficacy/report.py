@@ -683,6 +683,13 @@ def docs_md(results, env, arms, skipped, base_completed):
         lines += ["", "Server warnings while the arms were configured:", ""] + notes
     lines += [
         "",
+        "## Priority inversion",
+        "",
+        "The critical traffic above only reads. Whether a lowered `cpu_priority` slows critical",
+        "*writes*, which can wait for row, buffer and WAL locks that a low-priority backend",
+        "holds, is measured separately: [efficacy-inversion.md](efficacy-inversion.md)",
+        "(`test/bench/efficacy/inversion.sh`).",
+        "",
         "## Reproduce",
         "",
         "```sh",
