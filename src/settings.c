@@ -117,6 +117,7 @@ maybe_reload_config(void)
 	uint32		config_hash;
 	bool		first_to_report;
 
+	sync_shed_list();			/* one atomic read unless a shed changed */
 	if (!config_dirty)
 		return;
 	config_dirty = false;

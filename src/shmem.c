@@ -20,7 +20,8 @@
  *   parallel workers add the CPU time they used to its worker_cpu_ns and
  *   read the priority it runs at; the backend reads the one and writes the
  *   other. No lock.
- * - TcShared.mutex (below) also guards priority_warning_logged.
+ * - TcShared.mutex (below) also guards priority_warning_logged and the
+ *   list of shed budgets (src/shed.c), which is copied under it.
  * - AddinShmemInitLock is held while the shared segment is created, as in
  *   pg_stat_statements. A crash-restart creates and formats it anew.
  */
@@ -96,6 +97,7 @@ tc_shmem_startup(void)
 		tc_shared->log_window_lines = 0;
 		tc_shared->log_suppressed = 0;
 		tc_shared->priority_warning_logged = false;
+		init_shed_list();
 		for (int i = 0; i < MaxBackends; i++)
 		{
 			pg_atomic_init_u64(&tc_shared->backends[i].worker_cpu_ns, 0);

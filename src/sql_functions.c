@@ -49,6 +49,7 @@
 #include "traffic_control.h"
 
 PG_FUNCTION_INFO_V1(traffic_control_budget_status_1_0);
+PG_FUNCTION_INFO_V1(traffic_control_budget_status_1_1);
 PG_FUNCTION_INFO_V1(traffic_control_rule_status_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_pattern_estimates_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_violation_history_1_0);
@@ -56,6 +57,7 @@ PG_FUNCTION_INFO_V1(traffic_control_explain_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_reset_1_0);
 
 #define BUDGET_STATUS_COLUMNS 13
+#define BUDGET_STATUS_COLUMNS_1_1 15
 #define RULE_STATUS_COLUMNS 4
 #define PATTERN_ESTIMATES_COLUMNS 5
 #define VIOLATION_HISTORY_COLUMNS 7
@@ -162,29 +164,38 @@ unix_us_to_timestamptz(int64 unix_us, TimestampTz *result)
 /* traffic_control.budget_status                                          */
 /* ---------------------------------------------------------------------- */
 
-Datum
-traffic_control_budget_status_1_0(PG_FUNCTION_ARGS)
+/*
+ * The rows of budget_status: the 1.0 columns, and with `v1_1` the columns
+ * 1.1 appends (blocked_shed, shed_until). `blocked` counts every refusal:
+ * in 1.1 those of a shed too.
+ */
+static void
+budget_status_rows(FunctionCallInfo fcinfo, bool v1_1)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	const tc_budget_status_row *rows = NULL;
 	size_t		count = 0;
+	int			columns PG_USED_FOR_ASSERTS_ONLY =
+		v1_1 ? BUDGET_STATUS_COLUMNS_1_1 : BUDGET_STATUS_COLUMNS;
+	int64		now_us;
 
 	prepare_core("traffic_control.budget_status");
 	InitMaterializedSRF(fcinfo, 0);
 	TC_SQL_CALL(tc_budget_status(&rows, &count));
+	now_us = unix_now_us();
 
 	for (size_t i = 0; i < count; i++)
 	{
 		const tc_budget_status_row *row = &rows[i];
-		Datum		values[BUDGET_STATUS_COLUMNS];
-		bool		nulls[BUDGET_STATUS_COLUMNS];
+		Datum		values[BUDGET_STATUS_COLUMNS_1_1];
+		bool		nulls[BUDGET_STATUS_COLUMNS_1_1];
 		uint64		blocked;
-		TimestampTz last_blocked_at;
+		TimestampTz timestamp;
 		int			c = 0;
 
 		memset(nulls, 0, sizeof(nulls));
 		blocked = row->blocked_max_concurrent + row->blocked_per_query_limit +
-			row->blocked_server_share;
+			row->blocked_server_share + (v1_1 ? row->blocked_shed : 0);
 
 		values[c++] = CStringGetTextDatum(row->budget);
 		if (row->instance != NULL)
@@ -204,14 +215,37 @@ traffic_control_budget_status_1_0(PG_FUNCTION_ARGS)
 		values[c++] = counter_datum(row->blocked_per_query_limit);
 		values[c++] = counter_datum(row->blocked_server_share);
 		values[c++] = counter_datum(row->queued);
-		if (unix_us_to_timestamptz(row->last_blocked_at_us, &last_blocked_at))
-			values[c++] = TimestampTzGetDatum(last_blocked_at);
+		if (unix_us_to_timestamptz(row->last_blocked_at_us, &timestamp))
+			values[c++] = TimestampTzGetDatum(timestamp);
 		else
 			nulls[c++] = true;
-		Assert(c == BUDGET_STATUS_COLUMNS);
+		if (v1_1)
+		{
+			values[c++] = counter_datum(row->blocked_shed);
+			/* Only a shed that has not ended; the core keeps its deadline. */
+			if (row->shed_until_us > now_us &&
+				unix_us_to_timestamptz(row->shed_until_us, &timestamp))
+				values[c++] = TimestampTzGetDatum(timestamp);
+			else
+				nulls[c++] = true;
+		}
+		Assert(c == columns);
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+}
+
+Datum
+traffic_control_budget_status_1_0(PG_FUNCTION_ARGS)
+{
+	budget_status_rows(fcinfo, false);
+	return (Datum) 0;
+}
+
+Datum
+traffic_control_budget_status_1_1(PG_FUNCTION_ARGS)
+{
+	budget_status_rows(fcinfo, true);
 	return (Datum) 0;
 }
 

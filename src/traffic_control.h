@@ -17,6 +17,7 @@
  *                    settings, not the session's)
  *   reporting.c      NOTICE/ERROR text for the client, rate-limited log lines
  *   sql_functions.c  the SQL interface (views, explain, reset)
+ *   shed.c           shed() and unshed(): the shared list of shed budgets
  * All decisions are made by the C++ core behind traffic_control/capi.h.
  *
  * These names are internal to the library: hidden from the dynamic symbol
@@ -61,6 +62,14 @@
 		if (!(call)) \
 			elog(WARNING, "%s", tc_last_error()); \
 	} while (0)
+
+/* ---- shed.c ---- */
+
+/* Formats the shared list of shed budgets (while the segment is created). */
+extern TC_INTERNAL void init_shed_list(void);
+
+/* Gives this backend's core the shared list of shed budgets, if it moved. */
+extern TC_INTERNAL void sync_shed_list(void);
 
 /* ---- settings.c ---- */
 
@@ -110,6 +119,15 @@ typedef struct TcBackendSlot
 	pg_atomic_uint32 worker_priority;	/* the cpu_priority it runs at now */
 } TcBackendSlot;
 
+/* A budget shed by traffic_control.shed() (shed.c). */
+#define TC_MAX_SHED 64
+#define TC_SHED_NAME_BYTES 64	/* budget names are at most 63 bytes */
+typedef struct TcShedEntry
+{
+	char		budget[TC_SHED_NAME_BYTES];
+	int64		until_us;		/* Unix epoch microseconds */
+} TcShedEntry;
+
 typedef struct TcShared
 {
 	LWLock	   *bucket_lock;	/* protects the bucket table */
@@ -121,6 +139,10 @@ typedef struct TcShared
 	int			log_window_lines;	/* lines logged in that second */
 	int64		log_suppressed; /* lines suppressed since the last one logged */
 	bool		priority_warning_logged;	/* under mutex: "cpu_priority has no effect" */
+	/* Shed budgets (shed.c), under mutex; the version is bumped on a change. */
+	pg_atomic_uint64 shed_version;
+	int			shed_count;
+	TcShedEntry shed[TC_MAX_SHED];
 	Size		core_size;
 	/* the core's tables follow, on a cache line, after: */
 	TcBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];	/* by PGPROC number */

@@ -567,5 +567,89 @@ TEST_F(AdmissionTest, AParallelPlanRunsWithTheWorkersItsBudgetsAllow) {
   EXPECT_EQ(decision.outcome, Decision::Outcome::kRefused);
 }
 
+// traffic_control.shed(): a shed budget refuses every statement until its
+// deadline, whatever its mode and limits, with a retry hint for when the shed
+// ends; other budgets and other budgets' statements are untouched.
+TEST_F(AdmissionTest, AShedBudgetRefusesEverythingUntilTheShedEnds) {
+  Configure(R"([{"name":"best-effort","mode":"warn","max_concurrent":100},
+                {"name":"critical","mode":"enforce","max_concurrent":100}])",
+            R"([{"name":"analytics","budget":"best-effort","match":{"priority":"bestEffort"}},
+                {"name":"checkout","budget":"critical","match":{"priority":"critical"}}])");
+  auto analytics = Statement("SELECT 1 /*priority='bestEffort'*/");
+  auto checkout = Statement("SELECT 1 /*priority='critical'*/");
+  analytics.wall_now_us = checkout.wall_now_us = 1'000'000'000;
+  controller_.SetShed(
+      {{"best-effort", 1'000'000'000 + 90'000'500}, {"no-such-budget", 2'000'000'000}});
+
+  const Decision refused = controller_.Admit(analytics, AttemptKind::kFinal);
+  ASSERT_EQ(refused.outcome, Decision::Outcome::kRefused);  // though the budget only warns
+  EXPECT_EQ(refused.refusal.message,
+            "[PGINSIGHTS] Traffic Control: query blocked by budget \"best-effort\": shed");
+  EXPECT_NE(refused.refusal.detail.find("Rule \"analytics\""), std::string::npos);
+  EXPECT_NE(refused.refusal.detail.find("shed by traffic_control.shed() for another 90.1 s"),
+            std::string::npos)
+      << refused.refusal.detail;
+  EXPECT_EQ(refused.refusal.hint, "retry after 90001 ms");
+  EXPECT_EQ(refused.holding, 0);
+
+  const Decision admitted = controller_.Admit(checkout, AttemptKind::kFinal);
+  EXPECT_EQ(admitted.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_TRUE(admitted.notices.empty());
+
+  // Counted per instance as blocked by the shed, not by a limit.
+  for (const BucketSnapshot& bucket : table_->Snapshot()) {
+    if (bucket.budget != "best-effort") continue;
+    EXPECT_EQ(bucket.blocked_shed, 1u);
+    EXPECT_EQ(bucket.blocked_max_concurrent, 0u);
+    EXPECT_EQ(bucket.active, 0);
+  }
+  EXPECT_EQ(controller_.ShedUntil("best-effort", analytics.wall_now_us), 1'090'000'500);
+  EXPECT_EQ(controller_.ShedUntil("critical", analytics.wall_now_us), 0);
+
+  // The shed ends at its deadline.
+  analytics.wall_now_us = 1'090'000'500;
+  EXPECT_EQ(controller_.Admit(analytics, AttemptKind::kFinal).outcome,
+            Decision::Outcome::kAdmitted);
+  EXPECT_EQ(controller_.ShedUntil("best-effort", analytics.wall_now_us), 0);
+  controller_.ReleaseAll();
+}
+
+TEST_F(AdmissionTest, AShedOutlivesANewRuleSetAndEndsWithUnshed) {
+  Configure(R"([{"name":"b","mode":"enforce","max_concurrent":10}])",
+            R"([{"budget":"b","match":{"app":"web"}}])");
+  auto statement = Statement("SELECT 1 /*app='web'*/");
+  statement.wall_now_us = 5'000'000;
+  controller_.SetShed({{"b", 60'000'000}});
+  ASSERT_EQ(controller_.Admit(statement, AttemptKind::kFinal).outcome, Decision::Outcome::kRefused);
+
+  // A reload builds a new rule set (here with the budget under other limits).
+  std::vector<Budget> budgets;
+  std::vector<Rule> rules;
+  std::string error;
+  ASSERT_TRUE(
+      ParseBudgets(R"([{"name":"b","mode":"enforce","max_concurrent":20}])", &budgets, &error));
+  ASSERT_TRUE(ParseRules(R"([{"budget":"b","match":{"app":"web"}}])", &rules, &error));
+  std::vector<RuleProblem> problems;
+  controller_.SetRuleSet(RuleSet(std::move(budgets), std::move(rules), &problems));
+  EXPECT_EQ(controller_.Admit(statement, AttemptKind::kFinal).outcome, Decision::Outcome::kRefused);
+
+  controller_.SetShed({});  // unshed
+  EXPECT_EQ(controller_.Admit(statement, AttemptKind::kFinal).outcome,
+            Decision::Outcome::kAdmitted);
+  controller_.ReleaseAll();
+}
+
+TEST_F(AdmissionTest, ExplainShowsAShedBudget) {
+  Configure(R"([{"name":"b","mode":"enforce","max_concurrent":10}])",
+            R"([{"budget":"b","match":{"app":"web"}}])");
+  auto statement = Statement("SELECT 1 /*app='web'*/");
+  statement.wall_now_us = 5'000'000;
+  controller_.SetShed({{"b", 6'000'000}});
+  const Explanation explanation = controller_.Explain(statement);
+  ASSERT_EQ(explanation.budgets.size(), 1u);
+  EXPECT_EQ(explanation.budgets[0].verdict.limit, Limit::kShed);
+  EXPECT_EQ(explanation.budgets[0].verdict.action, BudgetVerdict::Action::kRefuse);
+}
+
 }  // namespace
 }  // namespace tc

@@ -103,6 +103,20 @@ class AdmissionController {
   // The weakest cpu_priority any enforce budget of the rule set asks for.
   int max_cpu_priority() const;
 
+  // Budgets shed by traffic_control.shed(): each refuses every statement
+  // until `until_us` (wall clock, Unix epoch microseconds), whatever its mode
+  // and limits. Replaces the previous list; names of budgets not in the rule
+  // set are kept (they apply if a reload brings the budget back) but match
+  // nothing. Keep it across SetRuleSet.
+  struct ShedBudget {
+    std::string budget;
+    std::int64_t until_us = 0;
+  };
+  void SetShed(std::vector<ShedBudget> shed);
+  // When the budget's shed ends (Unix epoch microseconds); 0 when it is not
+  // shed at `wall_now_us`.
+  std::int64_t ShedUntil(std::string_view budget, std::int64_t wall_now_us) const;
+
   // The shared table; without one nothing is admitted by concurrency (the
   // shim always attaches one).
   void AttachTable(BucketTable* table) {
@@ -300,6 +314,10 @@ class AdmissionController {
   // held it (the Holding's slot and generation, sent as a hint; kNoHint
   // until an admission held every instance of the match).
   bool matches_have_cost_limit_ = false;
+  // SetShed's list, and its deadline per budget of rules_ (empty: none shed).
+  std::vector<ShedBudget> shed_;
+  std::vector<std::int64_t> shed_until_;
+  void ResolveShed();
   struct KnownInstance {
     std::uint64_t key_hash = 0;
     std::uint32_t slot = AdmissionRequest::kNoHint;

@@ -18,8 +18,10 @@ namespace tc {
 // Longest `each` value kept for display; identity uses a hash of the full value.
 constexpr std::size_t kMaxInstanceDisplayBytes = 255;
 
-enum class Limit { kNone, kMaxConcurrent, kPerQueryLimit, kServerShare };
-std::string_view LimitName(Limit limit);  // "", "max_concurrent", "per_query_limit", "server_share"
+// kShed: the budget is shed by traffic_control.shed() (not a configured limit).
+enum class Limit { kNone, kMaxConcurrent, kPerQueryLimit, kServerShare, kShed };
+// "", "max_concurrent", "per_query_limit", "server_share", "shed"
+std::string_view LimitName(Limit limit);
 
 // One budget instance a statement must pass.
 struct AdmissionRequest {
@@ -52,6 +54,10 @@ struct AdmissionRequest {
   static constexpr std::uint32_t kNoHint = UINT32_MAX;
   std::uint32_t hint_slot = kNoHint;
   std::uint64_t hint_generation = 0;
+  // >= 0: the budget is shed (traffic_control.shed()) for this many more
+  // milliseconds: the request is refused whatever the budget's mode and
+  // limits, before any of them is checked. -1: not shed.
+  std::int64_t shed_for_ms = -1;
 };
 
 // The limits are checked in the order max_concurrent, per_query_limit,
@@ -78,8 +84,9 @@ struct BudgetVerdict {
   // refused at once instead of waiting.
   std::int64_t held_by_caller = 0;
   // For a server_share refusal: milliseconds until enough debt has drained for
-  // this statement to fit. -1 = a retry cannot be predicted to succeed (other
-  // limits, server_share 0, or a prediction larger than the whole bucket).
+  // this statement to fit (for a shed refusal: until the shed ends). -1 = a retry cannot be
+  // predicted to succeed (other limits, server_share 0, or a prediction larger than the whole
+  // bucket).
   std::int64_t retry_after_ms = -1;
 };
 
@@ -126,7 +133,7 @@ struct BucketSnapshot {
   bool has_instance = false;
   std::int64_t active = 0;
   std::uint64_t admitted = 0, warned = 0, blocked_max_concurrent = 0, blocked_per_query_limit = 0,
-                blocked_server_share = 0, queued = 0;
+                blocked_server_share = 0, blocked_shed = 0, queued = 0;
   std::int64_t last_blocked_at_us = 0;  // wall clock (Unix epoch microseconds), 0 = never
   double debt_seconds = 0;              // leaky bucket debt in CPU-seconds, drained to now
 };

@@ -195,6 +195,21 @@ bool tc_waiter_leave(tc_wakeups *wake);
  * the `each` values and metadata also come with their length. All of them
  * need tc_attach first. */
 
+/*
+ * Budgets shed by traffic_control.shed(): each refuses all its statements
+ * until until_us (Unix epoch microseconds), whatever its mode and limits.
+ * Replaces the backend's previous list; kept across tc_load_config.
+ */
+/* Is `name` a budget of this backend's configuration? */
+bool		tc_config_has_budget(const char *name);
+
+typedef struct tc_shed_budget
+{
+	const char *budget;
+	int64_t		until_us;
+} tc_shed_budget;
+bool		tc_set_shed(const tc_shed_budget *shed, size_t count);
+
 /* traffic_control.budget_status: one row per budget instance. */
 typedef struct tc_budget_status_row
 {
@@ -209,8 +224,11 @@ typedef struct tc_budget_status_row
 	uint64_t	blocked_max_concurrent;
 	uint64_t	blocked_per_query_limit;
 	uint64_t	blocked_server_share;
+	uint64_t	blocked_shed;	/* refused because the budget was shed */
 	uint64_t	queued;
 	int64_t		last_blocked_at_us; /* Unix epoch microseconds; 0 = never */
+	int64_t		shed_until_us;	/* latest end of a shed of the budget (Unix
+								 * epoch microseconds, maybe past); 0 = none */
 } tc_budget_status_row;
 
 /*

@@ -34,7 +34,8 @@ struct VerdictContext {
   std::int64_t stuck_pid = 0;
 };
 
-// `<prefix> query blocked by budget "<b>": <limit> exceeded` (refused) or
+// `<prefix> query blocked by budget "<b>": <limit> exceeded` (refused; a shed
+// budget: `... "<b>": shed`, its DETAIL saying for how long) or
 // `<prefix> query would be blocked by budget "<b>": <limit> exceeded` (warned),
 // with DETAIL naming the rule, the predicted cost, the limit and the level.
 // HINT: `retry after <N> ms` for a refusal whose verdict has retry_after_ms >= 0

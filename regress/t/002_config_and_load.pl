@@ -9,6 +9,7 @@
 # - The postmaster builds the rule set once at startup (and logs a skipped
 #   rule once) and new sessions use it; after a reload, sessions build the
 #   new one.
+# - A budget shed with traffic_control.shed() stays shed until a restart.
 #
 # Every wait is bounded (30 s).
 use strict;
@@ -159,6 +160,20 @@ is($seen, 'admitted', 'good config again: the open session applies it too');
 $holder->query_safe('COMMIT');
 end_session($holder);
 end_session($old_session);
+
+# ---- traffic_control.shed() lasts until a restart ------------------------------
+$node->safe_psql('postgres',
+	q{CREATE EXTENSION traffic_control; SELECT traffic_control.shed('tap_one', '1 hour')});
+my ($shed_ret, $shed_out, $shed_err) =
+  $node->psql('postgres', $tagged, timeout => $wait_seconds);
+like($shed_err, qr/query blocked by budget "tap_one": shed/, 'shed: the budget refuses');
+$node->restart;
+is(try_tagged(), 'admitted', 'shed: a restart ends the shed');
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT count(*) FROM traffic_control.budget_status WHERE shed_until IS NOT NULL}),
+	'0',
+	'shed: budget_status shows no shed after the restart');
 $node->stop;
 
 # ---- the postmaster builds the rule set once, for every backend ----------------

@@ -67,6 +67,38 @@ void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> pro
   rule_slots_.assign(rules_.rules().size(), kUnresolved);
   pending_counts_.assign(rule_slots_.size(), 0);
   history_slots_.assign(rules_.budgets().size(), kUnresolved);
+  ResolveShed();
+}
+
+void AdmissionController::SetShed(std::vector<ShedBudget> shed) {
+  shed_ = std::move(shed);
+  ResolveShed();
+}
+
+void AdmissionController::ResolveShed() {
+  shed_until_.clear();
+  if (shed_.empty()) return;
+  const std::vector<Budget>& budgets = rules_.budgets();
+  std::vector<std::int64_t> until(budgets.size(), 0);
+  bool any = false;
+  for (const ShedBudget& entry : shed_) {
+    for (std::size_t i = 0; i < budgets.size(); ++i) {
+      if (budgets[i].name != entry.budget) continue;
+      until[i] = std::max(until[i], entry.until_us);
+      any = true;
+    }
+  }
+  if (any) shed_until_ = std::move(until);
+}
+
+std::int64_t AdmissionController::ShedUntil(std::string_view budget,
+                                            std::int64_t wall_now_us) const {
+  std::int64_t until = 0;
+  for (const ShedBudget& entry : shed_) {
+    if (entry.budget == budget && entry.until_us > wall_now_us)
+      until = std::max(until, entry.until_us);
+  }
+  return until;
 }
 
 void AdmissionController::AttachHistory(ViolationHistory* history) {
@@ -146,6 +178,12 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
     request.key_hash = known.key_hash;
     request.hint_slot = known.slot;
     request.hint_generation = known.generation;
+    request.shed_for_ms = -1;
+    if (!shed_until_.empty()) {
+      const std::int64_t until = shed_until_[match.budget_index];
+      if (until > statement.wall_now_us)
+        request.shed_for_ms = (until - statement.wall_now_us + 999) / 1000;
+    }
   }
   if (!instances_known && table_ != nullptr) {
     // Once per new match (and table): the table's hash of each instance.
@@ -234,6 +272,7 @@ enum BudgetOutcome : std::uint8_t {
   kOutcomeRefusedMaxConcurrent,
   kOutcomeRefusedPerQueryLimit,
   kOutcomeRefusedServerShare,
+  kOutcomeRefusedShed,
 };
 
 BudgetOutcome OutcomeOf(const BudgetVerdict& verdict) {
@@ -250,6 +289,8 @@ BudgetOutcome OutcomeOf(const BudgetVerdict& verdict) {
       return kOutcomeRefusedPerQueryLimit;
     case Limit::kServerShare:
       return kOutcomeRefusedServerShare;
+    case Limit::kShed:
+      return kOutcomeRefusedShed;
     case Limit::kMaxConcurrent:
     case Limit::kNone:
       break;
@@ -296,6 +337,8 @@ void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t 
       case kOutcomeRefusedServerShare:
         history_->Record(slot, ViolationHistory::kBlockedServerShare, wall_now_us);
         break;
+      case kOutcomeRefusedShed:
+        break;  // the history counts what the configured limits did
       case kOutcomeWarn:
         history_->Record(slot, ViolationHistory::kWarned, wall_now_us);
         history_->Record(slot, ViolationHistory::kAdmitted, wall_now_us);

@@ -117,7 +117,7 @@ namespace tc {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x54434255434b4554ULL;  // "TCBUCKET"
-constexpr std::uint32_t kLayoutVersion = 5;
+constexpr std::uint32_t kLayoutVersion = 6;
 constexpr std::int32_t kNoSlot = -1;
 constexpr std::int32_t kNoWaiter = -1;  // no backend (end of a queue)
 // Distinct instances a backend publishes as held (HeldRecord); more are not
@@ -167,6 +167,7 @@ struct BucketState {
   std::uint64_t blocked_max_concurrent;
   std::uint64_t blocked_per_query_limit;
   std::uint64_t blocked_server_share;
+  std::uint64_t blocked_shed;
   std::uint64_t queued;
   // Written only by a wait: the queue's first and last backend (kNoWaiter
   // when empty).
@@ -777,9 +778,16 @@ BudgetVerdict CheckServerShare(const Budget& budget, double debt,
 // All the budget's limits in order: the first refusal wins, else the first
 // warning, else a pass describing the first limit that could be checked.
 BudgetVerdict Decide(const Budget& budget, const Standing& standing, std::uint32_t weight,
-                     const std::optional<double>& predicted, double cores) {
+                     const std::optional<double>& predicted, double cores,
+                     std::int64_t shed_for_ms) {
   BudgetVerdict chosen;
   if (budget.mode == Mode::kOff) return chosen;
+  if (shed_for_ms >= 0) {  // the operator's lever refuses whatever the mode and limits
+    chosen.action = BudgetVerdict::Action::kRefuse;
+    chosen.limit = Limit::kShed;
+    chosen.retry_after_ms = shed_for_ms;
+    return chosen;
+  }
   // Action's order is pass < warn < refuse: a later limit replaces the one
   // chosen only with a stronger action.
   bool checked = false;
@@ -850,6 +858,9 @@ void CountBlocked(BucketState& state, Limit limit) {
     case Limit::kServerShare:
       ++state.blocked_server_share;
       break;
+    case Limit::kShed:
+      ++state.blocked_shed;
+      break;
     case Limit::kNone:
       break;
   }
@@ -906,8 +917,8 @@ bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending*
         if (state.drain_per_second >= 0) standing.debt += pending[j].predicted.value_or(0.0);
       }
     }
-    verdicts[i] =
-        Decide(budget, standing, UnitsOf(request, cap), pending[i].predicted, pending[i].cores);
+    verdicts[i] = Decide(budget, standing, UnitsOf(request, cap), pending[i].predicted,
+                         pending[i].cores, request.shed_for_ms);
     refused = refused || verdicts[i].action == BudgetVerdict::Action::kRefuse;
   }
   return refused;
@@ -1247,6 +1258,8 @@ std::string_view LimitName(Limit limit) {
       return "per_query_limit";
     case Limit::kServerShare:
       return "server_share";
+    case Limit::kShed:
+      return "shed";
     case Limit::kNone:
       break;
   }
@@ -1682,6 +1695,7 @@ std::vector<BucketSnapshot> BucketTable::Snapshot() {
     snapshot.blocked_max_concurrent = state.blocked_max_concurrent;
     snapshot.blocked_per_query_limit = state.blocked_per_query_limit;
     snapshot.blocked_server_share = state.blocked_server_share;
+    snapshot.blocked_shed = state.blocked_shed;
     snapshot.queued = state.queued;
     snapshot.last_blocked_at_us = state.last_blocked_at_us;
     snapshot.debt_seconds = DrainedDebt(state, now_us);
@@ -1706,6 +1720,7 @@ void BucketTable::ResetCounters() {
     // Counters only: active and debt are live state, not statistics.
     state.admitted = state.warned = state.queued = 0;
     state.blocked_max_concurrent = state.blocked_per_query_limit = state.blocked_server_share = 0;
+    state.blocked_shed = 0;
     state.last_blocked_at_us = 0;
   }
 }

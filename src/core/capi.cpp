@@ -477,6 +477,27 @@ bool tc_waiter_leave(tc_wakeups* wake) {
   });
 }
 
+bool tc_config_has_budget(const char* name) {
+  if (name == nullptr) return false;
+  for (const tc::Budget& budget : State().controller.rule_set().budgets()) {
+    if (budget.name == name) return true;
+  }
+  return false;
+}
+
+bool tc_set_shed(const tc_shed_budget* shed, size_t count) {
+  return Guarded([&] {
+    std::vector<tc::AdmissionController::ShedBudget> list;
+    list.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      if (shed[i].budget == nullptr) continue;
+      list.push_back({shed[i].budget, shed[i].until_us});
+    }
+    State().controller.SetShed(std::move(list));
+    return true;
+  });
+}
+
 bool tc_budget_status(const tc_budget_status_row** rows, size_t* count) {
   return Guarded([&] {
     BackendState& state = AttachedState();
@@ -497,8 +518,10 @@ bool tc_budget_status(const tc_budget_status_row** rows, size_t* count) {
       out.blocked_max_concurrent = bucket.blocked_max_concurrent;
       out.blocked_per_query_limit = bucket.blocked_per_query_limit;
       out.blocked_server_share = bucket.blocked_server_share;
+      out.blocked_shed = bucket.blocked_shed;
       out.queued = bucket.queued;
       out.last_blocked_at_us = bucket.last_blocked_at_us;
+      out.shed_until_us = state.controller.ShedUntil(bucket.budget, 0);
     }
     *rows = state.budget_rows_c.empty() ? nullptr : state.budget_rows_c.data();
     *count = state.budget_rows_c.size();

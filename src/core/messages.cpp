@@ -36,6 +36,10 @@ std::string PercentOfLimit(const BudgetVerdict& verdict) {
 std::string LimitAndLevel(const Budget& budget, const BudgetVerdict& verdict) {
   constexpr const char* kShedsAll = " (a limit of 0 sheds all of this budget's traffic)";
   switch (verdict.limit) {
+    case Limit::kShed:
+      return "shed by traffic_control.shed() for another " +
+             FormatNumber(std::ceil(static_cast<double>(verdict.retry_after_ms) / 100.0) / 10.0) +
+             " s";
     case Limit::kPerQueryLimit: {
       std::string text =
           "limit per_query_limit = " + FormatNumber(budget.per_query_limit.value_or(0)) +
@@ -79,7 +83,8 @@ Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict
   report.limit = limit_name;
   report.message = std::string(context.prefix) +
                    (refused ? " query blocked by budget " : " query would be blocked by budget ") +
-                   Quote(context.budget->name) + ": " + limit_name + " exceeded";
+                   Quote(context.budget->name) + ": " + limit_name +
+                   (verdict.limit == Limit::kShed ? "" : " exceeded");
 
   report.detail = "Rule " + Quote(context.rule);
   if (!context.each_key.empty()) {

@@ -1,0 +1,52 @@
+-- traffic_control 1.0 -> 1.1 (ALTER EXTENSION traffic_control UPDATE).
+-- CREATE EXTENSION traffic_control installs 1.0 and then runs this script.
+\echo Use "ALTER EXTENSION traffic_control UPDATE" to load this file. \quit
+
+-- ---- shed() / unshed(): the emergency lever ------------------------------
+-- A shed budget refuses all its statements until the shed ends, whatever its
+-- mode and limits. Sheds survive configuration reloads, not restarts.
+-- Superusers only (checked by the functions as well).
+CREATE FUNCTION @extschema@.shed(budget text, duration interval)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'traffic_control_shed_1_1'
+LANGUAGE C STRICT VOLATILE;
+
+CREATE FUNCTION @extschema@.unshed(budget text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'traffic_control_unshed_1_1'
+LANGUAGE C STRICT VOLATILE;
+
+REVOKE ALL ON FUNCTION @extschema@.shed(text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.unshed(text) FROM PUBLIC;
+
+-- ---- budget_status gains blocked_shed and shed_until -----------------------
+DROP VIEW @extschema@.budget_status;
+DROP FUNCTION @extschema@.budget_status();
+
+CREATE FUNCTION @extschema@.budget_status(
+    OUT budget text,
+    OUT instance text,
+    OUT mode text,
+    OUT active bigint,
+    OUT debt_seconds float8,
+    OUT admitted bigint,
+    OUT warned bigint,
+    OUT blocked bigint,
+    OUT blocked_max_concurrent bigint,
+    OUT blocked_per_query_limit bigint,
+    OUT blocked_server_share bigint,
+    OUT queued bigint,
+    OUT last_blocked_at timestamptz,
+    OUT blocked_shed bigint,
+    OUT shed_until timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'traffic_control_budget_status_1_1'
+LANGUAGE C STRICT VOLATILE;
+
+CREATE VIEW @extschema@.budget_status AS
+  SELECT * FROM @extschema@.budget_status();
+
+REVOKE ALL ON @extschema@.budget_status FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.budget_status() FROM PUBLIC;
+GRANT SELECT ON @extschema@.budget_status TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION @extschema@.budget_status() TO pg_read_all_stats;
