@@ -19,7 +19,7 @@ LANGUAGE C STRICT VOLATILE;
 REVOKE ALL ON FUNCTION @extschema@.shed(text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.unshed(text) FROM PUBLIC;
 
--- ---- budget_status gains blocked_shed and shed_until -----------------------
+-- ---- budget_status gains blocked_shed, shed_until, the limits, utilization --
 DROP VIEW @extschema@.budget_status;
 DROP FUNCTION @extschema@.budget_status();
 
@@ -38,7 +38,12 @@ CREATE FUNCTION @extschema@.budget_status(
     OUT queued bigint,
     OUT last_blocked_at timestamptz,
     OUT blocked_shed bigint,
-    OUT shed_until timestamptz)
+    OUT shed_until timestamptz,
+    OUT max_concurrent bigint,
+    OUT per_query_limit float8,
+    OUT server_share float8,
+    OUT burst_limit float8,
+    OUT utilization_pct float8)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'traffic_control_budget_status_1_1'
 LANGUAGE C STRICT VOLATILE;

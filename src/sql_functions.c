@@ -57,7 +57,7 @@ PG_FUNCTION_INFO_V1(traffic_control_explain_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_reset_1_0);
 
 #define BUDGET_STATUS_COLUMNS 13
-#define BUDGET_STATUS_COLUMNS_1_1 15
+#define BUDGET_STATUS_COLUMNS_1_1 20
 #define RULE_STATUS_COLUMNS 4
 #define PATTERN_ESTIMATES_COLUMNS 5
 #define VIOLATION_HISTORY_COLUMNS 7
@@ -166,7 +166,8 @@ unix_us_to_timestamptz(int64 unix_us, TimestampTz *result)
 
 /*
  * The rows of budget_status: the 1.0 columns, and with `v1_1` the columns
- * 1.1 appends (blocked_shed, shed_until). `blocked` counts every refusal:
+ * 1.1 appends (blocked_shed, shed_until, the configured limits and
+ * utilization_pct). `blocked` counts every refusal:
  * in 1.1 those of a shed too.
  */
 static void
@@ -181,7 +182,7 @@ budget_status_rows(FunctionCallInfo fcinfo, bool v1_1)
 
 	prepare_core("traffic_control.budget_status");
 	InitMaterializedSRF(fcinfo, 0);
-	TC_SQL_CALL(tc_budget_status(&rows, &count));
+	TC_SQL_CALL(tc_budget_status(effective_server_cores(), &rows, &count));
 	now_us = unix_now_us();
 
 	for (size_t i = 0; i < count; i++)
@@ -228,6 +229,17 @@ budget_status_rows(FunctionCallInfo fcinfo, bool v1_1)
 				values[c++] = TimestampTzGetDatum(timestamp);
 			else
 				nulls[c++] = true;
+			/* The configured limits: NULL where the budget has none. */
+			values[c] = Int64GetDatum(row->max_concurrent);
+			nulls[c++] = !row->has_max_concurrent;
+			values[c] = Float8GetDatum(row->per_query_limit);
+			nulls[c++] = !row->has_per_query_limit;
+			values[c] = Float8GetDatum(row->server_share);
+			nulls[c++] = !row->has_server_share;
+			values[c] = Float8GetDatum(row->burst_limit);
+			nulls[c++] = !row->has_server_share;
+			values[c] = Float8GetDatum(row->utilization_pct);
+			nulls[c++] = !row->has_utilization;
 		}
 		Assert(c == columns);
 

@@ -150,5 +150,39 @@ TEST(RuleStatus, AFullCounterTableSaysWhatIsNotCounted) {
   EXPECT_EQ(rows[3].matched, 0u);  // a skipped rule never matches
 }
 
+TEST(BudgetStatus, RowsOfConfiguredBudgetsPointAtTheirConfiguration) {
+  const RuleSet rules = MakeRuleSet(R"([{"name":"a","mode":"enforce","max_concurrent":3}])", "[]");
+  const std::vector<BudgetStatusRow> rows = BuildBudgetStatus(rules, {Bucket("a"), Bucket("gone")});
+  ASSERT_EQ(rows.size(), 2u);
+  ASSERT_NE(rows[0].config, nullptr);
+  EXPECT_EQ(rows[0].config->max_concurrent, 3);
+  EXPECT_EQ(rows[1].config, nullptr);
+}
+
+TEST(BudgetStatus, UtilizationIsTheFullestLimitThatFillsOverTime) {
+  std::vector<Budget> budgets;
+  std::string error;
+  ASSERT_TRUE(ParseBudgets(
+      R"([{"name":"c","max_concurrent":4},
+          {"name":"s","server_share":50,"burst_limit":2},
+          {"name":"both","max_concurrent":10,"server_share":10,"burst_limit":1},
+          {"name":"zero","max_concurrent":0},
+          {"name":"shed","server_share":0},
+          {"name":"per_query_only","per_query_limit":1}])",
+      &budgets, &error))
+      << error;
+  BucketSnapshot bucket = Bucket("x");
+  bucket.active = 3;
+  bucket.debt_seconds = 1.0;
+  EXPECT_DOUBLE_EQ(*UtilizationPercent(budgets[0], bucket, 2), 75.0);   // 3 of 4 running
+  EXPECT_DOUBLE_EQ(*UtilizationPercent(budgets[1], bucket, 2), 25.0);   // 1 of 2 s x 2 cores
+  EXPECT_DOUBLE_EQ(*UtilizationPercent(budgets[2], bucket, 2), 50.0);   // the bucket: 1 of 2
+  EXPECT_DOUBLE_EQ(*UtilizationPercent(budgets[3], bucket, 2), 100.0);  // a limit of 0 is full
+  EXPECT_DOUBLE_EQ(*UtilizationPercent(budgets[4], bucket, 2), 100.0);
+  EXPECT_FALSE(UtilizationPercent(budgets[5], bucket, 2).has_value());
+  // Cores that make no sense count as 1, as in admission.
+  EXPECT_DOUBLE_EQ(*UtilizationPercent(budgets[1], bucket, 0), 50.0);
+}
+
 }  // namespace
 }  // namespace tc

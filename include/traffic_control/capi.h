@@ -229,6 +229,17 @@ typedef struct tc_budget_status_row
 	int64_t		last_blocked_at_us; /* Unix epoch microseconds; 0 = never */
 	int64_t		shed_until_us;	/* latest end of a shed of the budget (Unix
 								 * epoch microseconds, maybe past); 0 = none */
+	/* The configured limits (has_*: set in the configuration). */
+	bool		has_max_concurrent;
+	int64_t		max_concurrent;
+	bool		has_per_query_limit;
+	double		per_query_limit;
+	bool		has_server_share;
+	double		server_share;
+	double		burst_limit;	/* meaningful with has_server_share */
+	/* Percent of the fullest limit that fills over time (UtilizationPercent). */
+	bool		has_utilization;
+	double		utilization_pct;
 } tc_budget_status_row;
 
 /*
@@ -236,7 +247,8 @@ typedef struct tc_budget_status_row
  * first) with its instances, or one row of zeros without an instance when
  * it has none yet; then instances of budgets no longer configured.
  */
-bool		tc_budget_status(const tc_budget_status_row **rows, size_t *count);
+bool		tc_budget_status(double server_cores, const tc_budget_status_row **rows,
+							 size_t *count);
 
 /* traffic_control.rule_status: one row per configured rule, in order. */
 typedef struct tc_rule_status_row

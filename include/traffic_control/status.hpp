@@ -17,6 +17,9 @@ struct BudgetStatusRow {
   // The budget's mode in the current configuration; nullopt for an instance
   // whose budget is no longer configured (it stays until evicted).
   std::optional<Mode> mode;
+  // The configured budget (into the RuleSet given to BuildBudgetStatus);
+  // null for an instance whose budget is no longer configured.
+  const Budget* config = nullptr;
   // budget, instance and the counters; all zero for a configured budget that
   // has no instance in the table yet (instance absent).
   BucketSnapshot bucket;
@@ -28,6 +31,14 @@ struct BudgetStatusRow {
 // instances of budgets that are not configured (any more), by name and value.
 std::vector<BudgetStatusRow> BuildBudgetStatus(const RuleSet& rules,
                                                std::vector<BucketSnapshot> buckets);
+
+// How full the instance is, in percent of its fullest limit that fills over
+// time: running units of max_concurrent, and the leaky bucket's debt of its
+// capacity (burst_limit x cores) for server_share. A limit of 0 is full
+// (100). nullopt when the budget has neither limit. per_query_limit bounds
+// single statements, not a level, and does not count.
+std::optional<double> UtilizationPercent(const Budget& budget, const BucketSnapshot& bucket,
+                                         double server_cores);
 
 struct RuleStatusRow {
   std::string rule;

@@ -1,4 +1,5 @@
--- traffic_control.shed() / unshed() (extension 1.1): the emergency lever.
+-- traffic_control.shed() / unshed() (extension 1.1): the emergency lever;
+-- and budget_status's 1.1 columns (configured limits, utilization_pct).
 -- A shed budget refuses all its statements until the shed ends, whatever
 -- its mode and limits; the shed survives a reload (not a restart: TAP
 -- 002); only superusers can shed. Also: ALTER EXTENSION UPDATE from 1.0.
@@ -83,6 +84,23 @@ SELECT 'refused' AS during_the_short_shed /*shed='critical'*/;
 SELECT pg_sleep(1.2);
 SELECT 'runs' AS after_the_short_shed /*shed='critical'*/;
 
+-- budget_status shows the configured limits and how full the fullest one
+-- that fills over time is: 1 running of max_concurrent 4 is 25 %; a budget
+-- with only per_query_limit has no utilization; server_cores = 2.
+ALTER SYSTEM SET traffic_control.server_cores = 2;
+ALTER SYSTEM SET traffic_control.budgets = '[{"name":"shed_conc","mode":"enforce","max_concurrent":4},{"name":"shed_share","mode":"warn","server_share":50,"burst_limit":3,"per_query_limit":1.5},{"name":"shed_pq","mode":"enforce","per_query_limit":2}]';
+ALTER SYSTEM SET traffic_control.rules = '[{"budget":"shed_conc","match":{"shed":"conc"}},{"budget":"shed_share","match":{"shed":"share"}},{"budget":"shed_pq","match":{"shed":"pq"}}]';
+SELECT pg_reload_conf(), pg_sleep(0.5);
+BEGIN;
+DECLARE held CURSOR FOR SELECT 1 /*shed='conc'*/;
+FETCH held;
+SELECT budget, max_concurrent, per_query_limit, server_share, burst_limit, utilization_pct
+  FROM traffic_control.budget_status
+ WHERE budget IN ('shed_conc', 'shed_share', 'shed_pq') ORDER BY budget;
+COMMIT;
+SELECT budget, utilization_pct FROM traffic_control.budget_status WHERE budget = 'shed_conc';
+
+ALTER SYSTEM RESET traffic_control.server_cores;
 ALTER SYSTEM RESET traffic_control.budgets;
 ALTER SYSTEM RESET traffic_control.rules;
 SELECT pg_reload_conf(), pg_sleep(0.5);

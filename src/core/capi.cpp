@@ -498,7 +498,7 @@ bool tc_set_shed(const tc_shed_budget* shed, size_t count) {
   });
 }
 
-bool tc_budget_status(const tc_budget_status_row** rows, size_t* count) {
+bool tc_budget_status(double server_cores, const tc_budget_status_row** rows, size_t* count) {
   return Guarded([&] {
     BackendState& state = AttachedState();
     state.budget_rows_c.clear();
@@ -522,6 +522,20 @@ bool tc_budget_status(const tc_budget_status_row** rows, size_t* count) {
       out.queued = bucket.queued;
       out.last_blocked_at_us = bucket.last_blocked_at_us;
       out.shed_until_us = state.controller.ShedUntil(bucket.budget, 0);
+      if (row.config != nullptr) {
+        const tc::Budget& budget = *row.config;
+        out.has_max_concurrent = budget.max_concurrent.has_value();
+        out.max_concurrent = budget.max_concurrent.value_or(0);
+        out.has_per_query_limit = budget.per_query_limit.has_value();
+        out.per_query_limit = budget.per_query_limit.value_or(0);
+        out.has_server_share = budget.server_share.has_value();
+        out.server_share = budget.server_share.value_or(0);
+        out.burst_limit = budget.burst_limit;
+        const std::optional<double> utilization =
+            tc::UtilizationPercent(budget, bucket, server_cores);
+        out.has_utilization = utilization.has_value();
+        out.utilization_pct = utilization.value_or(0);
+      }
     }
     *rows = state.budget_rows_c.empty() ? nullptr : state.budget_rows_c.data();
     *count = state.budget_rows_c.size();

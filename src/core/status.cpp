@@ -1,6 +1,7 @@
 #include "traffic_control/status.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <string_view>
 #include <utility>
 
@@ -42,6 +43,7 @@ std::vector<BudgetStatusRow> BuildBudgetStatus(const RuleSet& rules,
     if (instances.empty()) {
       BudgetStatusRow& row = rows.emplace_back();
       row.mode = budgets[i].mode;
+      row.config = &budgets[i];
       row.bucket.budget = budgets[i].name;
       continue;
     }
@@ -49,6 +51,7 @@ std::vector<BudgetStatusRow> BuildBudgetStatus(const RuleSet& rules,
     for (BucketSnapshot& bucket : instances) {
       BudgetStatusRow& row = rows.emplace_back();
       row.mode = budgets[i].mode;
+      row.config = &budgets[i];
       row.bucket = std::move(bucket);
     }
   }
@@ -58,6 +61,23 @@ std::vector<BudgetStatusRow> BuildBudgetStatus(const RuleSet& rules,
     row.bucket = std::move(bucket);
   }
   return rows;
+}
+
+std::optional<double> UtilizationPercent(const Budget& budget, const BucketSnapshot& bucket,
+                                         double server_cores) {
+  std::optional<double> fullest;
+  const auto consider = [&fullest](double level, double limit) {
+    const double percent = limit > 0 ? std::max(0.0, level) / limit * 100.0 : 100.0;
+    if (!fullest || percent > *fullest) fullest = percent;
+  };
+  if (budget.max_concurrent) {
+    consider(static_cast<double>(bucket.active), static_cast<double>(*budget.max_concurrent));
+  }
+  if (budget.server_share) {
+    const double cores = std::isfinite(server_cores) && server_cores > 0 ? server_cores : 1.0;
+    consider(bucket.debt_seconds, *budget.server_share > 0 ? budget.burst_limit * cores : 0.0);
+  }
+  return fullest;
 }
 
 std::vector<RuleStatusRow> BuildRuleStatus(const RuleSet& rules,
