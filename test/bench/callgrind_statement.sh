@@ -32,7 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-python3 "$TC_ROOT/test/bench/thousand_rules.py" >"$WORK/rules.conf"
+python3 "$TC_ROOT/test/bench/thousand_rules.py" --cpu-priority 0 >"$WORK/rules.conf"
 
 measure_arm() {
   local arm="$1" dir="$WORK/$1" port

@@ -3,12 +3,16 @@
 #   A  library not loaded
 #   B  loaded, no rules
 #   C  loaded, 1,000 rules, every query matching a budget that never refuses
-#      (enforce, max_concurrent and server_share limits far above the load, so
-#      the concurrency slot, the leaky bucket and the estimator all do their
-#      work on every statement)
-# The three arms are three clusters with identical data, all running at once
+#      (enforce, max_concurrent, server_share and per_query_limit far above
+#      the load, so the concurrency slot, the leaky bucket and the estimator
+#      all do their work on every statement) and sets cpu_priority 1 (the
+#      backend's priority lowered and restored around every statement)
+# Every arm runs the same statement: pgbench -S's primary-key lookup carrying
+# a SQLCommenter comment with two tags (parsed in B and C; in C no rule
+# matches its tags, the budget is matched by application_name). The three
+# arms are three clusters with identical data, all running at once
 # (an idle cluster costs nothing), so a round is three back-to-back
-# `pgbench -S -M prepared` runs of DURATION seconds with no restart in
+# `pgbench -M prepared` runs of DURATION seconds with no restart in
 # between: on a VM whose speed drifts by ±10% within minutes, arms compared
 # seconds apart see the same machine. The arms' order rotates from round to
 # round. Prints TPS per round and arm, the ratios B/A and C/A per round, and
@@ -58,13 +62,24 @@ for arm in A B C; do
     esac
   } >>"$conf"
   rm -f "$WORK/$arm/data/postmaster.pid"
-  tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$WORK/$arm/data" -l "$WORK/$arm/server.log" -w start >/dev/null
+  # As every test cluster: with CAP_SYS_NICE, so cpu_priority takes effect.
+  tc_start_server "$WORK/$arm/data" "$WORK/$arm/server.log"
 done
+if grep -q "cpu_priority has no effect" "$WORK/C/server.log"; then
+  echo "note: arm C runs without CAP_SYS_NICE: cpu_priority has no effect" >&2
+fi
+
+# pgbench -S's statement with a two-tag comment.
+cat >"$WORK/select.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid /*route='%2Fbench%2Flookup',app='bench'*/;
+SQL
+chmod 644 "$WORK/select.sql"
 
 run_arm() {
   local arm="$1" seconds="$2"
   PGHOST="$WORK/$arm" PGPORT="${PORT[$arm]}" \
-    "$PG_BINDIR/pgbench" -S -M prepared -n -c "$CLIENTS" -j "$CLIENTS" -T "$seconds" postgres 2>/dev/null |
+    "$PG_BINDIR/pgbench" -f "$WORK/select.sql" -M prepared -n -c "$CLIENTS" -j "$CLIENTS" -T "$seconds" postgres 2>/dev/null |
     sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 
