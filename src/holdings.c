@@ -37,6 +37,7 @@
 #include "storage/proc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/timestamp.h"
 
 #include "traffic_control.h"
 
@@ -60,6 +61,11 @@ typedef struct TcHeld
 	int			cpu_priority;	/* the CPU priority it runs at (0 = normal) */
 	int			runs;			/* ExecutorRun calls so far */
 	bool		ran_whole;		/* one run, not cut short: the estimator may learn */
+	bool		owns_duration_timer;	/* it armed the max_duration_ms timer */
+	int64		warn_after_ms;	/* a warn budget's max_duration_ms (0: none) */
+	TimestampTz started;		/* when it was admitted (with warn_after_ms) */
+	char	   *duration_warning;	/* the NOTICE and its DETAIL (TopMemoryContext) */
+	char	   *duration_warning_detail;
 } TcHeld;
 
 static TcHeld *held = NULL;
@@ -111,6 +117,10 @@ append_record(int64 token, QueryDesc *query, int utility_level)
 	record->ran_whole = false;
 	record->worker_cpu_start_ns = 0;
 	record->cpu_priority = 0;
+	record->owns_duration_timer = false;
+	record->warn_after_ms = 0;
+	record->started = 0;
+	record->duration_warning = record->duration_warning_detail = NULL;
 	return record;
 }
 
@@ -147,6 +157,49 @@ record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cp
 		record->cpu_priority = cpu_priority;
 		apply_held_priority();
 	}
+}
+
+void
+record_max_duration(const tc_admission *admission)
+{
+	TcHeld	   *record = &held[held_count - 1];
+
+	if (admission->cancel_after_ms > 0)
+		record->owns_duration_timer =
+			arm_max_duration(admission->cancel_after_ms, &admission->duration_cancel);
+	if (admission->warn_after_ms > 0)
+	{
+		record->warn_after_ms = admission->warn_after_ms;
+		record->started = GetCurrentTimestamp();
+		record->duration_warning =
+			MemoryContextStrdup(TopMemoryContext,
+								client_safe(admission->duration_warning.message));
+		record->duration_warning_detail =
+			MemoryContextStrdup(TopMemoryContext,
+								client_safe(admission->duration_warning.detail));
+	}
+}
+
+/*
+ * A statement of a warn budget with max_duration_ms that ran to its end
+ * and took longer gets the NOTICE the budget would have canceled it with.
+ */
+static void
+finish_duration(TcHeld *record, bool completed)
+{
+	if (record->owns_duration_timer)
+		disarm_max_duration();
+	if (record->duration_warning == NULL)
+		return;
+	if (completed &&
+		TimestampDifferenceExceeds(record->started, GetCurrentTimestamp(),
+								   (int) Min(record->warn_after_ms, (int64) PG_INT32_MAX)))
+		ereport(NOTICE,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg_internal("%s", record->duration_warning),
+				 errdetail_internal("%s", record->duration_warning_detail)));
+	pfree(record->duration_warning);
+	pfree(record->duration_warning_detail);
 }
 
 void
@@ -204,6 +257,8 @@ release_record(int index, bool completed)
 	held_count--;
 	if (record.cpu_priority > 0)
 		apply_held_priority();
+	if (record.owns_duration_timer || record.duration_warning != NULL)
+		finish_duration(&record, completed);
 	if (record.token == 0)
 		return;
 	if (tc_release(record.token, cpu_used(&record), completed && record.ran_whole, &wake))
@@ -276,6 +331,8 @@ before_run(QueryDesc *query)
 {
 	for (int i = 0; i < held_count; i++)
 	{
+		if (held[i].query == query && held[i].owns_duration_timer)
+			cancel_if_duration_expired();
 		if (held[i].query == query && held[i].measured && !held[i].running)
 		{
 			held[i].cpu_start = cpu_seconds_now();

@@ -93,6 +93,7 @@ client_statement(void)
 		return false;
 	if (nesting_level == 0)
 	{
+		forget_duration_cancel();
 		maybe_reload_config();
 		if (in_trigger())
 			return false;

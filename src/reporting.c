@@ -45,6 +45,7 @@ static bool hide_next_refusal_from_log = false;
 static void
 tc_emit_log(ErrorData *edata)
 {
+	rewrite_duration_cancel(edata);
 	if (hide_next_from_client)
 	{
 		hide_next_from_client = false;
@@ -194,7 +195,7 @@ log_admission(const tc_admission *admission)
  * written \xHH. A message that cannot be converted to the client encoding
  * would fail while it is sent.
  */
-static const char *
+const char *
 client_safe(const char *text)
 {
 	const unsigned char *c;

@@ -454,11 +454,18 @@ admit_statement(const TcStatementToAdmit *what, QueryDesc *query, int utility_le
 		wait_for_admission(&statement, &admission);
 
 	/* Held from here on, whatever reporting it does: a NOTICE can fail. */
-	if (admission.holding != 0 || admission.cpu_priority > 0)
+	if (admission.holding != 0 || admission.cpu_priority > 0 ||
+		admission.cancel_after_ms > 0 || admission.warn_after_ms > 0)
+	{
+		/* One that max_duration_ms may cancel is charged what it used. */
 		record_holding(admission.holding, query, utility_level,
 					   admission.measure_cpu &&
-					   worth_measuring(admission.predicted_seconds, statement.wall_now_us),
+					   (admission.cancel_after_ms > 0 ||
+						worth_measuring(admission.predicted_seconds, statement.wall_now_us)),
 					   admission.cpu_priority);
+		if (admission.cancel_after_ms > 0 || admission.warn_after_ms > 0)
+			record_max_duration(&admission);
+	}
 	report_admission(&admission);
 	return Min(admission.parallel_workers, what->workers);
 }

@@ -18,6 +18,7 @@
  *   reporting.c      NOTICE/ERROR text for the client, rate-limited log lines
  *   sql_functions.c  the SQL interface (views, explain, reset)
  *   shed.c           shed() and unshed(): the shared list of shed budgets
+ *   duration.c       max_duration_ms: the timer that cancels a statement
  * All decisions are made by the C++ core behind traffic_control/capi.h.
  *
  * These names are internal to the library: hidden from the dynamic symbol
@@ -62,6 +63,27 @@
 		if (!(call)) \
 			elog(WARNING, "%s", tc_last_error()); \
 	} while (0)
+
+/* ---- duration.c ---- */
+
+/*
+ * Arms this backend's max_duration_ms timer: after `after_ms` the running
+ * statement is canceled with `cancel`'s text. False (nothing done) when it
+ * is armed already, by a statement around this one.
+ */
+extern TC_INTERNAL bool arm_max_duration(int64 after_ms, const tc_report *cancel);
+
+/* Disarms it (the statement that armed it has ended, however it ended). */
+extern TC_INTERNAL void disarm_max_duration(void);
+
+/* A new top-level statement: a cancel of an ended statement needs its text no more. */
+extern TC_INTERNAL void forget_duration_cancel(void);
+
+/* Before a run of the statement that armed the timer (a cursor's FETCH). */
+extern TC_INTERNAL void cancel_if_duration_expired(void);
+
+/* From the emit_log_hook: gives the cancel the timer caused the budget's text. */
+extern TC_INTERNAL bool rewrite_duration_cancel(ErrorData *edata);
 
 /* ---- shed.c ---- */
 
@@ -176,6 +198,13 @@ extern TC_INTERNAL void reserve_held_record(void);
  */
 extern TC_INTERNAL void record_holding(int64 token, QueryDesc *query, int utility_level,
 									   bool measure_cpu, int cpu_priority);
+
+/*
+ * Gives the record just made by record_holding its admission's
+ * max_duration_ms: arms the cancel timer (unless a statement around it
+ * did), keeps a warn budget's NOTICE for when it ends.
+ */
+extern TC_INTERNAL void record_max_duration(const tc_admission *admission);
 
 /* Records a cursor opened nested, to be admitted at its first top-level run. */
 extern TC_INTERNAL void record_pending(QueryDesc *query);
@@ -318,6 +347,12 @@ extern TC_INTERNAL double admission_plan_cost(PlannedStmt *pstmt);
 
 /* Installs the emit_log_hook (from _PG_init). */
 extern TC_INTERNAL void install_log_hook(void);
+
+/*
+ * The text as it can be sent to this client (valid in its encoding, else
+ * every byte outside ASCII written \xHH); may return `text` itself.
+ */
+extern TC_INTERNAL const char *client_safe(const char *text);
 
 /*
  * Logs the decision's warnings and refusal (rate-limited), sends its NOTICEs

@@ -651,5 +651,39 @@ TEST_F(AdmissionTest, ExplainShowsAShedBudget) {
   EXPECT_EQ(explanation.budgets[0].verdict.action, BudgetVerdict::Action::kRefuse);
 }
 
+// max_duration_ms: an admitted statement learns when it is to be canceled
+// (the earliest of its enforce budgets) and when a warn budget would have
+// canceled it, with the messages for both.
+TEST_F(AdmissionTest, AdmittedStatementsCarryTheirMaxDuration) {
+  Configure(R"([{"name":"slow","mode":"enforce","max_duration_ms":5000},
+                {"name":"slower","mode":"enforce","max_duration_ms":9000},
+                {"name":"watch","mode":"warn","max_duration_ms":300},
+                {"name":"plain","mode":"enforce","max_concurrent":10}])",
+            R"([{"name":"reports","budget":"slow","match":{"app":"reports"}},
+                {"budget":"slower","match":{"app":"reports"}},
+                {"name":"watched","budget":"watch","match":{"tenant":"t1"},"each":"tenant"},
+                {"budget":"plain","match":{"app":"web"}}])");
+  const Decision both =
+      controller_.Admit(Statement("SELECT 1 /*app='reports',tenant='t1'*/"), AttemptKind::kFinal);
+  ASSERT_EQ(both.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(both.cancel_after_ms, 5000);
+  EXPECT_EQ(both.duration_cancel.message,
+            "[PGINSIGHTS] Traffic Control: query canceled by budget \"slow\": "
+            "max_duration_ms exceeded");
+  EXPECT_EQ(both.duration_cancel.detail,
+            "Rule \"reports\", limit max_duration_ms = 5000, mode enforce.");
+  EXPECT_EQ(both.warn_after_ms, 300);
+  EXPECT_EQ(both.duration_warning.message,
+            "[PGINSIGHTS] Traffic Control: query would be canceled by budget \"watch\": "
+            "max_duration_ms exceeded");
+  EXPECT_EQ(both.duration_warning.detail,
+            "Rule \"watched\" for tenant = \"t1\", limit max_duration_ms = 300, mode warn.");
+
+  const Decision none = controller_.Admit(Statement("SELECT 1 /*app='web'*/"), AttemptKind::kFinal);
+  EXPECT_EQ(none.cancel_after_ms, 0);
+  EXPECT_EQ(none.warn_after_ms, 0);
+  controller_.ReleaseAll();
+}
+
 }  // namespace
 }  // namespace tc

@@ -174,7 +174,14 @@ TEST(ConfigBudgets, RejectsOutOfRangeAndMistypedFields) {
       R"(budgets[0].cpu_priority: must be an integer between 0 and 19 (a nice value) or "idle")";
   const std::string workers =
       "budgets[0].max_parallel_workers: must be an integer between 0 and 1024";
+  const std::string duration =
+      "budgets[0].max_duration_ms: must be an integer between 1 and 2147483647";
   const std::vector<ErrorCase> cases = {
+      {R"("max_duration_ms": 0)", duration},
+      {R"("max_duration_ms": -5)", duration},
+      {R"("max_duration_ms": 2147483648)", duration},
+      {R"("max_duration_ms": 1.5)", duration},
+      {R"("max_duration_ms": "100")", duration},
       {R"("mode": "Enforce")", mode},
       {R"("mode": "")", mode},
       {R"("mode": 1)", mode},
@@ -221,6 +228,12 @@ TEST(ConfigBudgets, RejectsOutOfRangeAndMistypedFields) {
   for (const ErrorCase& test_case : cases) {
     EXPECT_EQ(OneBudgetError(test_case.input), test_case.expected_error) << test_case.input;
   }
+}
+
+TEST(ConfigBudgets, MaxDurationIsPositiveMilliseconds) {
+  EXPECT_FALSE(OneBudget("").max_duration_ms.has_value());
+  EXPECT_EQ(OneBudget(R"("max_duration_ms": 1)").max_duration_ms, 1);
+  EXPECT_EQ(OneBudget(R"("max_duration_ms": 2147483647)").max_duration_ms, 2147483647);
 }
 
 TEST(ConfigBudgets, MaxParallelWorkersIsACount) {

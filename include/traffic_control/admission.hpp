@@ -57,6 +57,14 @@ struct Decision {
   // fewer when an enforce budget's max_parallel_workers or free
   // max_concurrent units allow fewer).
   int parallel_workers = 0;
+  // Admitted: the smallest max_duration_ms of its enforce budgets (0: none):
+  // still running after that long, it is canceled with `duration_cancel` as
+  // the error (SQLSTATE 57014). And of its warn budgets: having run longer,
+  // it gets `duration_warning` as a NOTICE when it ends.
+  std::int64_t cancel_after_ms = 0;
+  Report duration_cancel;
+  std::int64_t warn_after_ms = 0;
+  Report duration_warning;
 };
 
 // One budget that applies to an explained statement: what Admit would decide
@@ -318,6 +326,9 @@ class AdmissionController {
   std::vector<ShedBudget> shed_;
   std::vector<std::int64_t> shed_until_;
   void ResolveShed();
+  // Adds matches_[index]'s max_duration_ms to an admitted decision when it
+  // is the earliest of its kind (cancel for enforce, warning for warn).
+  void NoteMaxDuration(std::size_t index, std::string_view prefix, Decision* decision) const;
   struct KnownInstance {
     std::uint64_t key_hash = 0;
     std::uint32_t slot = AdmissionRequest::kNoHint;

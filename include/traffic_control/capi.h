@@ -132,6 +132,13 @@ typedef struct tc_admission
 	double		predicted_seconds;	/* CPU-seconds predicted; <0 = unknown */
 	int			cpu_priority;	/* TC_ADMITTED: nice 0-19 to run at, or TC_CPU_PRIORITY_IDLE */
 	int			parallel_workers;	/* TC_ADMITTED: workers it may start (<= planned) */
+	/* TC_ADMITTED, max_duration_ms: cancel it (57014, duration_cancel) still
+	 * running after cancel_after_ms; NOTICE duration_warning when it ends
+	 * having run longer than warn_after_ms. 0: none. */
+	int64_t		cancel_after_ms;
+	tc_report	duration_cancel;
+	int64_t		warn_after_ms;
+	tc_report	duration_warning;
 	tc_wakeups	wake;			/* waiters to wake, whatever the outcome */
 } tc_admission;
 

@@ -30,6 +30,7 @@ struct Budget {
   std::int64_t queue_timeout_ms = 0;                 // >= 0
   int cpu_priority = 0;                              // nice 0..19, or kCpuPriorityIdle ("idle")
   std::optional<std::int64_t> max_parallel_workers;  // >= 0
+  std::optional<std::int64_t> max_duration_ms;       // > 0: cancel (enforce) or warn after
 };
 
 struct Condition {

@@ -45,6 +45,11 @@ struct VerdictContext {
 // HINT says what ends it.
 Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict, bool refused);
 
+// `<prefix> query canceled by budget "<b>": max_duration_ms exceeded` (cancel)
+// or `<prefix> query would be canceled by budget "<b>": max_duration_ms
+// exceeded` (warn), with DETAIL naming the rule, the limit and the mode.
+Report FormatDurationExceeded(const VerdictContext& context, bool cancel);
+
 // Shortest decimal form of a number for messages ("2", "0.25", "1e-06").
 std::string FormatNumber(double value);
 

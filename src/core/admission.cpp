@@ -447,6 +447,7 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
   decision.measure_cpu = false;
   decision.predicted_seconds.reset();
   decision.cpu_priority = 0;
+  decision.cancel_after_ms = decision.warn_after_ms = 0;
   decision.parallel_workers = std::max(0, statement.parallel_workers);
   if (rules_.empty() || table_ == nullptr) return;
 
@@ -477,11 +478,12 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
       decision.parallel_workers =
           std::min(decision.parallel_workers, static_cast<int>(result.holdings[0].weight) - 1);
     }
-    for (const BudgetMatch& match : matches_) {
-      const Budget& budget = rules_.budgets()[match.budget_index];
+    for (std::size_t i = 0; i < matches_.size(); ++i) {
+      const Budget& budget = rules_.budgets()[matches_[i].budget_index];
       if (budget.mode == Mode::kEnforce) {
         decision.cpu_priority = std::max(decision.cpu_priority, budget.cpu_priority);
       }
+      if (budget.max_duration_ms) NoteMaxDuration(i, statement.message_prefix, &decision);
     }
     const bool learn = has_cost_limit && patterns_ != nullptr && pattern.query_id != 0;
     try {
@@ -538,6 +540,25 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
     decision.holding = 0;
     throw;
   }
+}
+
+void AdmissionController::NoteMaxDuration(std::size_t index, std::string_view prefix,
+                                          Decision* decision) const {
+  const BudgetMatch& match = matches_[index];
+  const Budget& budget = rules_.budgets()[match.budget_index];
+  const bool cancel = budget.mode == Mode::kEnforce;
+  std::int64_t& after = cancel ? decision->cancel_after_ms : decision->warn_after_ms;
+  if (after != 0 && after <= *budget.max_duration_ms) return;  // an earlier one applies
+  after = *budget.max_duration_ms;
+  const Rule& rule = rules_.rules()[match.rule_index];
+  VerdictContext context;
+  context.prefix = prefix;
+  context.budget = &budget;
+  context.rule = rule.name;
+  if (match.has_instance && rule.each) context.each_key = *rule.each;
+  context.instance = match.instance;
+  (cancel ? decision->duration_cancel : decision->duration_warning) =
+      FormatDurationExceeded(context, cancel);
 }
 
 std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,

@@ -58,6 +58,9 @@ constexpr IntegerBounds kMaxConcurrentBounds{0, kMaxMaxConcurrent,
 constexpr IntegerBounds kQueueTimeoutBounds{0, kMaxQueueTimeoutMs,
                                             "must be an integer between 0 and 3600000"};
 constexpr IntegerBounds kMaxParallelWorkersBounds{0, 1024, "must be an integer between 0 and 1024"};
+// PostgreSQL's timeouts take an int of milliseconds.
+constexpr IntegerBounds kMaxDurationBounds{1, 2147483647,
+                                           "must be an integer between 1 and 2147483647"};
 constexpr IntegerBounds kCpuPriorityBounds{
     0, kCpuPriorityIdle - 1, "must be an integer between 0 and 19 (a nice value) or \"idle\""};
 
@@ -360,11 +363,11 @@ bool ReadCpuPriority(const Json& item, std::string_view path, int* out, std::str
 bool ParseBudget(const Json& item, std::string_view path,
                  std::unordered_set<std::string>* used_names, Budget* budget, std::string* error) {
   if (!item.is_object()) return Fail(error, std::string(path) + ": must be a JSON object");
-  if (!CheckKnownFields(
-          item, path,
-          {"name", "mode", "server_share", "burst_limit", "per_query_limit", "max_concurrent",
-           "warning_threshold", "queue_timeout_ms", "cpu_priority", "max_parallel_workers"},
-          error)) {
+  if (!CheckKnownFields(item, path,
+                        {"name", "mode", "server_share", "burst_limit", "per_query_limit",
+                         "max_concurrent", "warning_threshold", "queue_timeout_ms", "cpu_priority",
+                         "max_parallel_workers", "max_duration_ms"},
+                        error)) {
     return false;
   }
   if (FindField(item, "name") == nullptr) {
@@ -403,8 +406,12 @@ bool ParseBudget(const Json& item, std::string_view path,
   }
   if (queue_timeout_ms.has_value()) budget->queue_timeout_ms = *queue_timeout_ms;
   if (!ReadCpuPriority(item, path, &budget->cpu_priority, error)) return false;
-  return ReadOptionalInteger(item, "max_parallel_workers", path, kMaxParallelWorkersBounds,
-                             &budget->max_parallel_workers, error);
+  if (!ReadOptionalInteger(item, "max_parallel_workers", path, kMaxParallelWorkersBounds,
+                           &budget->max_parallel_workers, error)) {
+    return false;
+  }
+  return ReadOptionalInteger(item, "max_duration_ms", path, kMaxDurationBounds,
+                             &budget->max_duration_ms, error);
 }
 
 // Checks one match value for a built-in key and puts it in the form the rule

@@ -75,6 +75,24 @@ std::string LimitAndLevel(const Budget& budget, const BudgetVerdict& verdict) {
 
 }  // namespace
 
+Report FormatDurationExceeded(const VerdictContext& context, bool cancel) {
+  Report report;
+  report.budget = context.budget->name;
+  report.rule = std::string(context.rule);
+  report.limit = "max_duration_ms";
+  report.message = std::string(context.prefix) +
+                   (cancel ? " query canceled by budget " : " query would be canceled by budget ") +
+                   Quote(context.budget->name) + ": max_duration_ms exceeded";
+  report.detail = "Rule " + Quote(context.rule);
+  if (!context.each_key.empty()) {
+    report.detail += " for " + std::string(context.each_key) + " = " + Quote(context.instance);
+  }
+  report.detail +=
+      ", limit max_duration_ms = " + std::to_string(context.budget->max_duration_ms.value_or(0)) +
+      ", mode " + std::string(ModeName(context.budget->mode)) + ".";
+  return report;
+}
+
 Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict, bool refused) {
   Report report;
   const std::string limit_name(LimitName(verdict.limit));

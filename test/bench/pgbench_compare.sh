@@ -3,10 +3,11 @@
 #   A  library not loaded
 #   B  loaded, no rules
 #   C  loaded, 1,000 rules, every query matching a budget that never refuses
-#      (enforce, max_concurrent, server_share and per_query_limit far above
-#      the load, so the concurrency slot, the leaky bucket and the estimator
-#      all do their work on every statement) and sets cpu_priority 1 (the
-#      backend's priority lowered and restored around every statement)
+#      (enforce, max_concurrent, server_share, per_query_limit and
+#      max_duration_ms far above the load, so the concurrency slot, the leaky
+#      bucket, the estimator and the duration timer all do their work on every
+#      statement) and sets cpu_priority 1 (the backend's priority lowered and
+#      restored around every statement)
 # Every arm runs the same statement: pgbench -S's primary-key lookup carrying
 # a SQLCommenter comment with two tags (parsed in B and C; in C no rule
 # matches its tags, the budget is matched by application_name). The three
