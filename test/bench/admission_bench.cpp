@@ -194,6 +194,48 @@ tc::RuleSet MakeMixedRules() {
   return tc::RuleSet(std::move(budgets), std::move(rules), &problems);
 }
 
+// 1,000 rules of the kinds contract 1.1 adds, and a default rule: route
+// prefixes, a value with a `not`, member_of, `each`. A statement either
+// matches one prefix rule or falls through to the default.
+tc::RuleSet MakeRules11() {
+  std::vector<tc::Budget> budgets;
+  std::vector<tc::Rule> rules;
+  for (int i = 0; i <= kRules; ++i) {
+    tc::Budget budget;
+    budget.name = "v" + std::to_string(i);
+    budget.mode = tc::Mode::kEnforce;
+    budget.max_concurrent = 1000000;
+    budgets.push_back(budget);
+    tc::Rule rule;
+    rule.name = "v11-" + std::to_string(i);
+    rule.budget = budget.name;
+    const std::string n = std::to_string(i);
+    if (i == kRules) {
+      rule.is_default = true;
+    } else {
+      switch (i % 4) {
+        case 0:
+          rule.match.push_back(tc::Condition{"route", {"/r" + n + "/"}, tc::MatchKind::kPrefix});
+          break;
+        case 1:
+          rule.match.push_back(tc::Condition{"route", {"r" + n}});
+          rule.match.push_back(tc::Condition{"tier", {"free", "trial"}, tc::MatchKind::kNoneOf});
+          break;
+        case 2:
+          rule.match.push_back(tc::Condition{"member_of", {"role" + n}});
+          break;
+        default:
+          rule.match.push_back(tc::Condition{"route", {"r" + n}});
+          rule.each = "tenant";
+          break;
+      }
+    }
+    rules.push_back(rule);
+  }
+  std::vector<tc::RuleProblem> problems;
+  return tc::RuleSet(std::move(budgets), std::move(rules), &problems);
+}
+
 tc::StatementInfo Statement(std::string_view text) {
   tc::StatementInfo statement;
   statement.text = text;
@@ -338,6 +380,49 @@ void BM_Part_RuleSetMatch(benchmark::State& state) {
   }
 }
 
+// The rule lookup among MakeRules11's rules, for a statement of a role that
+// is a member of one role the rules name.
+void RunRules11Match(benchmark::State& state, std::string_view text) {
+  const tc::RuleSet rules = MakeRules11();
+  const std::vector<const char*> member_of = {"role502"};
+  tc::StatementInfo statement = Statement(text);
+  statement.member_of = member_of.data();
+  statement.member_of_count = member_of.size();
+  tc::Metadata metadata;
+  tc::BuildMetadata(statement, &metadata, &rules);
+  std::vector<tc::BudgetMatch> matches;
+  rules.Match(metadata, &matches);
+  if (matches.size() != 2) state.SkipWithError("expected two rules to match");
+  for (auto _ : state) {
+    matches.clear();
+    rules.Match(metadata, &matches);
+    benchmark::DoNotOptimize(matches);
+  }
+}
+
+// Matches rule v11-500 (a prefix) and v11-502 (member_of).
+void BM_Part_RuleSetMatch_Rules11(benchmark::State& state) {
+  RunRules11Match(state, "SELECT 1 /*route='%2Fr500%2Forders',app='web'*/");
+}
+
+// A route no rule names, and no member_of: only the default rule matches,
+// after every candidate was checked.
+void BM_Part_RuleSetMatch_Rules11Default(benchmark::State& state) {
+  const tc::RuleSet rules = MakeRules11();
+  tc::Metadata metadata;
+  tc::BuildMetadata(Statement("SELECT 1 /*route='%2Fnone',app='web'*/"), &metadata, &rules);
+  std::vector<tc::BudgetMatch> matches;
+  rules.Match(metadata, &matches);
+  if (matches.size() != 1 || matches[0].rule_index != kRules) {
+    state.SkipWithError("expected the default rule");
+  }
+  for (auto _ : state) {
+    matches.clear();
+    rules.Match(metadata, &matches);
+    benchmark::DoNotOptimize(matches);
+  }
+}
+
 void BM_Part_BucketTableAdmitRelease(benchmark::State& state) {
   Backend backend(MakeRouteRules(Limits::kCost));
   tc::Budget budget = backend.controller.rule_set().budgets()[500];
@@ -371,6 +456,8 @@ TC_BENCH(BM_Admit_NoMatch);
 TC_BENCH(BM_Admit_NoMatchNoComment);
 TC_BENCH(BM_Part_BuildMetadata);
 TC_BENCH(BM_Part_RuleSetMatch);
+TC_BENCH(BM_Part_RuleSetMatch_Rules11);
+TC_BENCH(BM_Part_RuleSetMatch_Rules11Default);
 TC_BENCH(BM_Part_BucketTableAdmitRelease);
 TC_BENCH(BM_Part_PatternPredictRecord);
 
