@@ -130,6 +130,7 @@ maybe_reload_config(void)
 		return;
 	}
 	tc_config_is_empty = tc_config_empty();
+	member_of_config_changed();
 	elog(DEBUG1, "traffic_control: configuration loaded");
 	warn_if_priority_has_no_effect(tc_config_max_cpu_priority());
 	if (reported_problem_count == 0)

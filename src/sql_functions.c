@@ -398,25 +398,61 @@ traffic_control_reset_1_0(PG_FUNCTION_ARGS)
 /* traffic_control.explain(query text)                                    */
 /* ---------------------------------------------------------------------- */
 
-/* The metadata as a jsonb object (keys sorted by jsonb itself). */
+static bool
+is_member_of_item(const tc_metadata_item *item)
+{
+	return item->key_len == strlen("member_of") &&
+		memcmp(item->key, "member_of", item->key_len) == 0;
+}
+
+static JsonbValue
+metadata_string(const char *text, size_t len)
+{
+	JsonbValue	value;
+
+	value.type = jbvString;
+	value.val.string.val = valid_string(text, len, &value.val.string.len);
+	return value;
+}
+
+/*
+ * The metadata as a jsonb object (keys sorted by jsonb itself). member_of,
+ * the one key that repeats (a value per role), becomes an array.
+ */
 static Datum
 metadata_jsonb(const tc_explanation *explanation)
 {
 	JsonbParseState *state = NULL;
 	JsonbValue *result;
+	bool		member_of_done = false;
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	for (size_t i = 0; i < explanation->metadata_count; i++)
 	{
 		const tc_metadata_item *item = &explanation->metadata[i];
-		JsonbValue	key;
+		JsonbValue	key = metadata_string(item->key, item->key_len);
 		JsonbValue	value;
 
-		key.type = jbvString;
-		key.val.string.val = valid_string(item->key, item->key_len, &key.val.string.len);
-		value.type = jbvString;
-		value.val.string.val = valid_string(item->value, item->value_len,
-											&value.val.string.len);
+		if (is_member_of_item(item))
+		{
+			if (member_of_done)
+				continue;
+			member_of_done = true;
+			pushJsonbValue(&state, WJB_KEY, &key);
+			pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+			for (size_t j = i; j < explanation->metadata_count; j++)
+			{
+				const tc_metadata_item *role = &explanation->metadata[j];
+
+				if (!is_member_of_item(role))
+					continue;
+				value = metadata_string(role->value, role->value_len);
+				pushJsonbValue(&state, WJB_ELEM, &value);
+			}
+			pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+			continue;
+		}
+		value = metadata_string(item->value, item->value_len);
 		pushJsonbValue(&state, WJB_KEY, &key);
 		pushJsonbValue(&state, WJB_VALUE, &value);
 	}

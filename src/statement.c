@@ -4,7 +4,9 @@
  * its planned parallel workers, and the call to tc_admit.
  *
  * The role's and the database's names are looked up once and cached; the
- * client address is formatted once per connection.
+ * client address is formatted once per connection; the roles the current
+ * role is a member of (member_of) are cached until a role, a membership or
+ * the rules change.
  *
  * It also tells the control plane apart (is_control_plane): a statement that
  * only reloads the configuration or reads and calls the extension's own
@@ -18,6 +20,7 @@
 #include <sys/socket.h>
 
 #include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/dependency.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_proc.h"
@@ -27,10 +30,13 @@
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
+#include "utils/acl.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "traffic_control.h"
@@ -42,6 +48,23 @@ static char *cached_database = NULL;
 static bool remote_address_known = false;
 static char remote_address[NI_MAXHOST];
 static bool has_remote_address = false;
+
+/*
+ * member_of: those of the roles the rules name that the current role is a
+ * member of. Worked out again only when the role, the rules, or a role or a
+ * membership (pg_authid, pg_auth_members: a syscache invalidation) changed,
+ * so a statement costs catalog lookups only then; none at all when no rule
+ * tests member_of.
+ */
+static size_t member_of_configured = 0;	/* tc_config_member_of_role_count() */
+static uint64 member_of_changes = 0;	/* loads and invalidations so far */
+static bool member_of_valid = false;	/* the list below is complete */
+static uint64 member_of_resolved_at = 0;	/* member_of_changes it reflects */
+static Oid	member_of_user = InvalidOid;	/* the role it is for */
+static bool member_of_callbacks_registered = false;
+static MemoryContext member_of_context = NULL;
+static const char **member_of_roles = NULL; /* in member_of_context */
+static size_t member_of_count = 0;
 
 const char *
 command_name(CmdType command)
@@ -156,6 +179,80 @@ clamp_statement_workers(QueryDesc *queryDesc, int allowed)
 	queryDesc->plannedstmt = copy;
 }
 
+static void
+member_of_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	/*
+	 * Called while invalidations are processed, maybe in the middle of
+	 * fill_member_of's lookups: no catalog access here, only a count that
+	 * makes the list being built out of date.
+	 */
+	member_of_changes++;
+}
+
+void
+member_of_config_changed(void)
+{
+	/* Asked here, once per load, not on every statement. */
+	member_of_configured = tc_config_member_of_role_count();
+	member_of_changes++;
+}
+
+/*
+ * Membership as pg_auth_members records it, directly or through other
+ * roles, whatever their INHERIT; a role is a member of itself. Not
+ * superuserness: is_member_of_role() counts a superuser as a member of
+ * every role, which would put maintenance work of the postgres role in
+ * every member_of budget. A role that does not exist (yet) is a member of
+ * nothing and has no members.
+ */
+static void
+fill_member_of(tc_statement *statement, Oid user_id)
+{
+	statement->member_of = NULL;
+	statement->member_of_count = 0;
+	if (member_of_configured == 0)
+		return;
+	if (!member_of_valid || member_of_resolved_at != member_of_changes ||
+		user_id != member_of_user)
+	{
+		uint64		changes = member_of_changes;
+
+		/* The catalog can only be read inside a transaction. */
+		if (!IsTransactionState())
+			return;
+		if (!member_of_callbacks_registered)
+		{
+			CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, member_of_invalidate, (Datum) 0);
+			CacheRegisterSyscacheCallback(AUTHOID, member_of_invalidate, (Datum) 0);
+			member_of_context = AllocSetContextCreate(TopMemoryContext,
+													  "traffic_control member_of",
+													  ALLOCSET_SMALL_SIZES);
+			member_of_callbacks_registered = true;
+		}
+		/* Invalid until the end: an error on the way leaves it invalid. */
+		member_of_valid = false;
+		MemoryContextReset(member_of_context);
+		member_of_count = 0;
+		member_of_roles = MemoryContextAlloc(member_of_context,
+											 member_of_configured * sizeof(const char *));
+		for (size_t i = 0; i < member_of_configured; i++)
+		{
+			const char *name = tc_config_member_of_role(i);
+			Oid			role = name != NULL ? get_role_oid(name, true) : InvalidOid;
+
+			if (OidIsValid(role) && is_member_of_role_nosuper(user_id, role))
+				member_of_roles[member_of_count++] = MemoryContextStrdup(member_of_context,
+																		 name);
+		}
+		member_of_user = user_id;
+		member_of_resolved_at = changes;
+		member_of_valid = true;
+	}
+	statement->member_of = member_of_roles;
+	statement->member_of_count = member_of_count;
+}
+
 void
 fill_builtins(tc_statement *statement)
 {
@@ -201,6 +298,7 @@ fill_builtins(tc_statement *statement)
 	}
 	statement->remote_address = has_remote_address ? remote_address : NULL;
 	statement->application_name = application_name;
+	fill_member_of(statement, user_id);
 }
 
 /* ---- the control plane ---- */

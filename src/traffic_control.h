@@ -274,6 +274,9 @@ extern TC_INTERNAL const char *command_name(CmdType command);
 /* Fills the built-in metadata of the current session and role. */
 extern TC_INTERNAL void fill_builtins(tc_statement *statement);
 
+/* The rules changed: work member_of out again before its next use. */
+extern TC_INTERNAL void member_of_config_changed(void);
+
 /* The current role's name, as fill_builtins last saw it. */
 extern TC_INTERNAL const char *current_user_name(void);
 

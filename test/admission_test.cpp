@@ -140,6 +140,38 @@ TEST_F(AdmissionTest, EachStatementIsMatchedOnItsOwnMetadata) {
   EXPECT_EQ(refused_by(route_b), "");
 }
 
+// member_of arrives as the roles the server found the current role a member
+// of; the backend's cached match must follow it from statement to statement.
+TEST_F(AdmissionTest, MemberOfAndDefaultRuleFollowEachStatement) {
+  Configure(R"([{"name":"analytics","mode":"enforce","max_concurrent":0},
+                {"name":"critical","mode":"enforce"},
+                {"name":"rest","mode":"enforce","max_concurrent":0}])",
+            R"([{"budget":"analytics","match":{"member_of":"analysts"}},
+                {"budget":"critical","match":{"route":"checkout"}},
+                {"budget":"rest","default":true}])");
+  auto refused_by = [&](const StatementInfo& statement) -> std::string {
+    const Decision decision = controller_.Admit(statement, AttemptKind::kFinal);
+    return decision.outcome == Decision::Outcome::kRefused ? decision.refusal.budget : "";
+  };
+  const std::vector<const char*> analysts = {"analysts"};
+  StatementInfo member = Statement("SELECT 1 /*route='checkout'*/");
+  member.member_of = analysts.data();
+  member.member_of_count = analysts.size();
+  const StatementInfo not_member = Statement("SELECT 1 /*route='checkout'*/");
+  StatementInfo untagged_member = Statement("SELECT 1");
+  untagged_member.member_of = analysts.data();
+  untagged_member.member_of_count = analysts.size();
+  // A tag claiming the membership changes nothing.
+  const StatementInfo claims = Statement("SELECT 1 /*member_of='analysts'*/");
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(refused_by(member), "analytics");
+    EXPECT_EQ(refused_by(not_member), "");
+    EXPECT_EQ(refused_by(untagged_member), "analytics");
+    EXPECT_EQ(refused_by(claims), "rest");
+    EXPECT_EQ(refused_by(Statement("SELECT 1")), "rest");
+  }
+}
+
 TEST_F(AdmissionTest, RefusesAtTheLimitAndAdmitsAfterRelease) {
   Configure(R"([{"name":"best-effort","mode":"enforce","max_concurrent":1}])",
             R"([{"name":"export","budget":"best-effort","match":{"route":"/api/export"}}])");

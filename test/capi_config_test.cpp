@@ -44,4 +44,21 @@ TEST(CapiConfig, AFailedLoadKeepsTheRuleSetAndSaysWhy) {
   ASSERT_TRUE(tc_load_config("[]", "[]", nullptr));
 }
 
+TEST(CapiConfig, NamesTheRolesTheRulesTestWithMemberOf) {
+  ASSERT_TRUE(tc_load_config(R"([{"name":"b","mode":"enforce"}])",
+                             R"([{"budget":"b","match":{"member_of":["analysts","staff"]}},
+                                 {"budget":"b","match":{"member_of":{"not":"staff"}}}])",
+                             nullptr))
+      << tc_last_error();
+  ASSERT_EQ(tc_config_member_of_role_count(), 2u);
+  EXPECT_STREQ(tc_config_member_of_role(0), "analysts");
+  EXPECT_STREQ(tc_config_member_of_role(1), "staff");
+  EXPECT_EQ(tc_config_member_of_role(2), nullptr);
+  // No rule tests member_of: the server asks the catalog nothing.
+  ASSERT_TRUE(
+      tc_load_config(R"([{"name":"b"}])", R"([{"budget":"b","match":{"username":"x"}}])", nullptr));
+  EXPECT_EQ(tc_config_member_of_role_count(), 0u);
+  ASSERT_TRUE(tc_load_config("[]", "[]", nullptr));
+}
+
 }  // namespace

@@ -457,27 +457,120 @@ TEST(ConfigRules, AcceptsStringOrArrayValuesSortedByKey) {
 }
 
 TEST(ConfigRules, RejectsBadMatchValues) {
+  const std::string shapes =
+      R"(must be a string, a non-empty array of strings, {"not": ...} or {"prefix": ...})";
   const std::vector<ErrorCase> cases = {
       {R"(["tier"])", "rules[0].match: must be a JSON object"},
       {R"("tier")", "rules[0].match: must be a JSON object"},
-      {R"({"tier": 1})", "rules[0].match.tier: must be a string or a non-empty array of strings"},
-      {R"({"tier": []})", "rules[0].match.tier: must be a string or a non-empty array of strings"},
-      {R"({"tier": null})",
-       "rules[0].match.tier: must be a string or a non-empty array of strings"},
-      {R"({"tier": {"a": "b"}})",
-       "rules[0].match.tier: must be a string or a non-empty array of strings"},
+      {R"({"tier": 1})", "rules[0].match.tier: " + shapes},
+      {R"({"tier": []})", "rules[0].match.tier: " + shapes},
+      {R"({"tier": null})", "rules[0].match.tier: " + shapes},
       {R"({"tier": ["free", 2]})", "rules[0].match.tier[1]: must be a string"},
       {R"({"tier": ["free", ["trial"]]})", "rules[0].match.tier[1]: must be a string"},
       {R"({"tier": "a\u0000"})", "rules[0].match.tier: must not contain a NUL character"},
       {R"({"": "x"})", R"(rules[0].match: key "" must be 1 to 64 bytes without NUL characters)"},
       {R"({"k\u0000": "x"})",
        R"(rules[0].match: key "k\u0000" must be 1 to 64 bytes without NUL characters)"},
-      {R"({"my key": 1})",
-       R"(rules[0].match["my key"]: must be a string or a non-empty array of strings)"},
+      {R"({"my key": 1})", R"(rules[0].match["my key"]: )" + shapes},
   };
   for (const ErrorCase& test_case : cases) {
     EXPECT_EQ(MatchError(test_case.input), test_case.expected_error) << test_case.input;
   }
+}
+
+TEST(ConfigRules, ParsesNotAndPrefix) {
+  const std::vector<Condition> match = Match(
+      R"({"route": {"prefix": "/api/"}, "tier": {"not": ["free", "trial", "free"]},
+          "zone": {"not": "eu"}, "app": {"prefix": ["web-", "cli-"]}, "plain": "x"})");
+  ASSERT_EQ(match.size(), 5u);
+  EXPECT_EQ(match[0].key, "app");
+  EXPECT_EQ(match[0].kind, MatchKind::kPrefix);
+  EXPECT_EQ(match[0].values, (std::vector<std::string>{"web-", "cli-"}));
+  EXPECT_EQ(match[1].key, "plain");
+  EXPECT_EQ(match[1].kind, MatchKind::kAnyOf);
+  EXPECT_EQ(match[2].key, "route");
+  EXPECT_EQ(match[2].kind, MatchKind::kPrefix);
+  EXPECT_EQ(match[2].values, std::vector<std::string>{"/api/"});
+  EXPECT_EQ(match[3].key, "tier");
+  EXPECT_EQ(match[3].kind, MatchKind::kNoneOf);
+  EXPECT_EQ(match[3].values, (std::vector<std::string>{"free", "trial"}));
+  EXPECT_EQ(match[4].kind, MatchKind::kNoneOf);
+  EXPECT_EQ(match[4].values, std::vector<std::string>{"eu"});
+  // An empty prefix: the key is present, whatever its value.
+  EXPECT_EQ(Match(R"({"tenant": {"prefix": ""}})").at(0).values, std::vector<std::string>{""});
+  // Built-in values are checked inside `not` as everywhere else.
+  EXPECT_EQ(Match(R"({"remote_address": {"not": ["10.0.0.0/8", "::1"]}})").at(0).kind,
+            MatchKind::kNoneOf);
+  EXPECT_EQ(Match(R"({"query_id": {"not": "007"}})").at(0).values, std::vector<std::string>{"7"});
+}
+
+TEST(ConfigRules, RejectsBadNotAndPrefix) {
+  const std::string strings = "must be a string or a non-empty array of strings";
+  const std::vector<ErrorCase> cases = {
+      {R"({"tier": {}})", R"(rules[0].match.tier: must hold exactly one of "not" or "prefix")"},
+      {R"({"tier": {"not": "a", "prefix": "b"}})",
+       R"(rules[0].match.tier: must hold exactly one of "not" or "prefix")"},
+      {R"({"tier": {"a": "b"}})",
+       R"(rules[0].match.tier.a: unknown operator (must be "not" or "prefix"))"},
+      {R"({"tier": {"NOT": "b"}})",
+       R"(rules[0].match.tier.NOT: unknown operator (must be "not" or "prefix"))"},
+      {R"({"tier": {"not": []}})", "rules[0].match.tier.not: " + strings},
+      {R"({"tier": {"not": 1}})", "rules[0].match.tier.not: " + strings},
+      {R"({"tier": {"not": {"prefix": "x"}}})", "rules[0].match.tier.not: " + strings},
+      {R"({"tier": {"not": ["a", 2]}})", "rules[0].match.tier.not[1]: must be a string"},
+      {R"({"tier": {"prefix": null}})", "rules[0].match.tier.prefix: " + strings},
+      {R"({"tier": {"prefix": ["a", "b\u0000"]}})",
+       "rules[0].match.tier.prefix[1]: must not contain a NUL character"},
+      {R"({"remote_address": {"not": "office"}})",
+       R"(rules[0].match.remote_address.not: "office" is not an IP address or CIDR prefix)"},
+      {R"({"remote_address": {"prefix": "10.1."}})",
+       "rules[0].match.remote_address.prefix: is not supported for remote_address; match a CIDR "
+       R"(prefix such as "10.1.0.0/16" instead)"},
+      {R"({"command": {"not": ["select", "copy"]}})",
+       R"(rules[0].match.command.not[1]: "copy" is not one of select, insert, update, delete, merge, utility)"},
+      {R"({"member_of": {"prefix": "app_"}})",
+       "rules[0].match.member_of.prefix: is not supported for member_of; name the roles instead"},
+  };
+  for (const ErrorCase& test_case : cases) {
+    EXPECT_EQ(MatchError(test_case.input), test_case.expected_error) << test_case.input;
+  }
+}
+
+TEST(ConfigRules, ValidatesMemberOf) {
+  const std::string longest(63, 'r');
+  EXPECT_EQ(MatchValues("member_of", R"(["analysts", ")" + longest + R"("])"),
+            (std::vector<std::string>{"analysts", longest}));
+  EXPECT_EQ(Match(R"({"member_of": {"not": "admins"}})").at(0).kind, MatchKind::kNoneOf);
+  EXPECT_EQ(MatchError(R"({"member_of": ""})"),
+            R"(rules[0].match.member_of: "" is not a role name (1 to 63 bytes))");
+  EXPECT_EQ(MatchError(R"({"member_of": ["a", ")" + std::string(64, 'r') + R"("]})"),
+            R"(rules[0].match.member_of[1]: ")" + std::string(64, 'r') +
+                R"(" is not a role name (1 to 63 bytes))");
+  EXPECT_EQ(MatchError(R"({"member_of": {"not": [""]}})"),
+            R"(rules[0].match.member_of.not[0]: "" is not a role name (1 to 63 bytes))");
+  // One statement, several roles: no single value to count by.
+  EXPECT_EQ(RulesError(R"([{"budget": "a", "each": "member_of"}])"),
+            R"(rules[0].each: "member_of" cannot be used with each (a role can be a member of )"
+            "several roles)");
+}
+
+TEST(ConfigRules, ParsesDefault) {
+  const std::vector<Rule> rules = Rules(
+      R"([{"budget": "a", "default": true}, {"budget": "a", "default": false},
+          {"budget": "a", "default": null}, {"budget": "a", "match": {"x": "y"}, "default": true}])");
+  ASSERT_EQ(rules.size(), 4u);
+  EXPECT_TRUE(rules[0].is_default);
+  EXPECT_FALSE(rules[1].is_default);
+  EXPECT_FALSE(rules[2].is_default);
+  EXPECT_TRUE(rules[3].is_default);
+  EXPECT_EQ(rules[3].match.size(), 1u);
+  for (const std::string bad : {R"("true")", "1", "[]"}) {
+    EXPECT_EQ(RulesError(R"([{"budget": "a"}, {"budget": "a", "default": )" + bad + "}]"),
+              "rules[1].default: must be true or false")
+        << bad;
+  }
+  // A typo of the field is not silently a normal rule.
+  EXPECT_EQ(RulesError(R"([{"budget": "a", "defualt": true}])"), "rules[0].defualt: unknown field");
 }
 
 TEST(ConfigRules, LimitsMatchKeysTo64Bytes) {
@@ -539,7 +632,8 @@ TEST(ConfigRules, ValidatesAndCanonicalizesQueryIds) {
   }
   // A JSON number is not a string.
   EXPECT_EQ(MatchError(R"({"query_id": 123})"),
-            "rules[0].match.query_id: must be a string or a non-empty array of strings");
+            "rules[0].match.query_id: must be a string, a non-empty array of strings, "
+            R"({"not": ...} or {"prefix": ...})");
   EXPECT_EQ(MatchError(R"({"query_id": ["1", "x"]})"),
             R"(rules[0].match.query_id[1]: "x" is not a 64-bit decimal integer)");
 }

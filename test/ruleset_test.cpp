@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "traffic_control/admission.hpp"
+
 namespace tc {
 namespace {
 
@@ -70,6 +72,36 @@ std::vector<std::string> Matches(const RuleSet& rule_set, const Metadata& metada
 }
 
 using Strings = std::vector<std::string>;
+
+Rule MakeDefaultRule(std::string name, std::string budget, std::vector<Condition> match = {},
+                     std::optional<std::string> each = std::nullopt) {
+  Rule rule = MakeRule(std::move(name), std::move(budget), std::move(match), std::move(each));
+  rule.is_default = true;
+  return rule;
+}
+
+Condition Not(std::string key, std::vector<std::string> values) {
+  return Condition{std::move(key), std::move(values), MatchKind::kNoneOf};
+}
+
+Condition Prefix(std::string key, std::vector<std::string> prefixes) {
+  return Condition{std::move(key), std::move(prefixes), MatchKind::kPrefix};
+}
+
+// The metadata the core builds from what the server passes: built-ins
+// (member_of: the roles it found the current role a member of) and the
+// statement's text, whose tags cannot set a built-in.
+Metadata ServerMetadata(const std::vector<const char*>& member_of, std::string_view text = {},
+                        std::optional<std::string_view> username = std::nullopt) {
+  StatementInfo statement;
+  statement.text = text;
+  statement.username = username;
+  statement.member_of = member_of.data();
+  statement.member_of_count = member_of.size();
+  Metadata metadata;
+  BuildMetadata(statement, &metadata);
+  return metadata;
+}
 
 TEST(RuleSet, DefaultIsEmptyAndMatchesNothing) {
   const RuleSet rule_set;
@@ -460,6 +492,235 @@ TEST(RuleSet, ThousandRulesStatementMatchesExactlyOne) {
             Strings{"budget399:rule399"});
   EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "cli"}, {"tenant", "t500"}})), Strings{});
   EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "t99"}})), Strings{});
+}
+
+TEST(RuleSet, DefaultRuleCatchesOnlyWhatNoOtherRuleMatched) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("critical"), MakeBudget("best-effort")},
+                  {MakeDefaultRule("everything-else", "best-effort"),
+                   MakeRule("checkout", "critical", {{"route", {"checkout"}}})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({})), Strings{"best-effort:everything-else"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "search"}})),
+            Strings{"best-effort:everything-else"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "checkout"}})), Strings{"critical:checkout"});
+  EXPECT_FALSE(rule_set.RuleMatches(0, MakeMetadata({{"route", "checkout"}})));
+  EXPECT_TRUE(rule_set.RuleMatches(0, MakeMetadata({{"route", "search"}})));
+  // The other rule's key is needed to know it did not match.
+  EXPECT_TRUE(rule_set.UsesKey("route"));
+}
+
+TEST(RuleSet, DefaultRuleMatchMustHoldToo) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("critical"), MakeBudget("web-rest")},
+      {MakeRule("checkout", "critical", {{"route", {"checkout"}}}),
+       MakeDefaultRule("web-rest", "web-rest", {{"app", {"web"}}}, std::string("tenant"))});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "acme"}})),
+            Strings{"web-rest[acme]:web-rest"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "cli"}, {"tenant", "acme"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{});  // no `each` key
+  EXPECT_EQ(
+      Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "acme"}, {"route", "checkout"}})),
+      Strings{"critical:checkout"});
+}
+
+TEST(RuleSet, RuleWithEachCountsForDefaultOnlyWithItsKey) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("tenant-share"), MakeBudget("best-effort")},
+      {MakeRule("per-tenant", "tenant-share", {{"app", {"web"}}}, std::string("tenant")),
+       MakeDefaultRule("rest", "best-effort")});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tenant", "acme"}})),
+            Strings{"tenant-share[acme]:per-tenant"});
+  // Without the `each` key the per-tenant rule does not match: the default does.
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{"best-effort:rest"});
+}
+
+TEST(RuleSet, RuleOfAnOffOrUnknownBudgetStillKeepsDefaultAway) {
+  std::vector<RuleProblem> problems;
+  const RuleSet rule_set({MakeBudget("critical", Mode::kOff), MakeBudget("best-effort")},
+                         {MakeRule("checkout", "critical", {{"route", {"checkout"}}}),
+                          MakeRule("typo", "critcal", {{"route", {"pay"}}}, std::string("tenant")),
+                          MakeDefaultRule("rest", "best-effort")},
+                         &problems);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].rule, "typo");
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "checkout"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "pay"}, {"tenant", "t"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "pay"}})), Strings{"best-effort:rest"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "home"}})), Strings{"best-effort:rest"});
+  EXPECT_FALSE(rule_set.RuleMatches(2, MakeMetadata({{"route", "checkout"}})));
+  // A rule of an off budget is not a match of its own.
+  EXPECT_FALSE(rule_set.RuleMatches(0, MakeMetadata({{"route", "checkout"}})));
+  EXPECT_TRUE(rule_set.UsesKey("tenant"));
+}
+
+TEST(RuleSet, OffOrUnknownRulesAreNotIndexedWithoutDefaultRules) {
+  std::vector<RuleProblem> problems;
+  const RuleSet rule_set(
+      {MakeBudget("off", Mode::kOff), MakeBudget("b")},
+      {MakeRule("r-off", "off", {{"route", {"x"}}}),
+       MakeRule("lost", "missing", {{"tenant", {"t"}}}), MakeRule("r", "b", {{"app", {"web"}}})},
+      &problems);
+  EXPECT_FALSE(rule_set.UsesKey("route"));
+  EXPECT_FALSE(rule_set.UsesKey("tenant"));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"route", "x"}})), Strings{"b:r"});
+}
+
+TEST(RuleSet, SeveralDefaultRulesApplyTogether) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("a"), MakeBudget("b"), MakeBudget("c")},
+      {MakeRule("tagged", "a", {{"route", {"x"}}}),
+       MakeDefaultRule("rest-web", "b", {{"app", {"web"}}}), MakeDefaultRule("rest", "c")});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), (Strings{"b:rest-web", "c:rest"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "cli"}})), Strings{"c:rest"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"route", "x"}})), Strings{"a:tagged"});
+}
+
+TEST(RuleSet, DefaultRuleOfAnOffBudgetNeverMatches) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("a"), MakeBudget("off", Mode::kOff)},
+                  {MakeRule("tagged", "a", {{"route", {"x"}}}), MakeDefaultRule("rest", "off")});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({})), Strings{});
+  EXPECT_FALSE(rule_set.RuleMatches(1, MakeMetadata({})));
+  // Only a default of an off budget: nothing to shield, the other rules'
+  // keys need not be built for it.
+  const RuleSet only_off_default =
+      MakeRuleSet({MakeBudget("off", Mode::kOff), MakeBudget("a")},
+                  {MakeRule("r", "a", {{"app", {"web"}}}),
+                   MakeRule("shield", "off", {{"t", {"x"}}}), MakeDefaultRule("rest", "off")});
+  EXPECT_FALSE(only_off_default.UsesKey("t"));
+}
+
+TEST(RuleSet, NotHoldsForOtherValuesAndForAMissingKey) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("b")}, {MakeRule("r", "b", {Not("route", {"checkout"})})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "search"}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "checkout"}})), Strings{});
+  EXPECT_FALSE(rule_set.RuleMatches(0, MakeMetadata({{"route", "checkout"}})));
+}
+
+TEST(RuleSet, NotWithAnArrayIsNoneOf) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("b")},
+      {MakeRule("r", "b", {{"app", {"web"}}, Not("tier", {"enterprise", "internal"})})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tier", "free"}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tier", "enterprise"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"tier", "internal"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "cli"}, {"tier", "free"}})), Strings{});
+}
+
+TEST(RuleSet, NotOnRemoteAddressExcludesNetworks) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("b")}, {MakeRule("r", "b", {Not("remote_address", {"10.0.0.0/8", "::1"})})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "192.168.1.1"}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "10.2.3.4"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"remote_address", "::1"}})), Strings{});
+  // A Unix-socket connection has no address: "not from 10/8" holds.
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({})), Strings{"b:r"});
+}
+
+TEST(RuleSet, PrefixMatchesTheStartOfTheValue) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("api"), MakeBudget("exports")},
+      {MakeRule("api", "api", {Prefix("route", {"/api/"})}),
+       MakeRule("exports", "exports", {Prefix("route", {"/api/export", "/reports/"})})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/api/users"}})), Strings{"api:api"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/api/"}})), Strings{"api:api"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/api/export/csv"}})),
+            (Strings{"api:api", "exports:exports"}));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/reports/daily"}})),
+            Strings{"exports:exports"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/api"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/API/users"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"path", "/api/users"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({})), Strings{});
+}
+
+TEST(RuleSet, EmptyPrefixMeansTheKeyIsPresent) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("b")}, {MakeRule("r", "b", {Prefix("tenant", {""})})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"tenant", ""}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"tenant", "acme"}})), Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}})), Strings{});
+}
+
+TEST(RuleSet, PrefixAndNotCombineWithOtherConditions) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("b")},
+      {MakeRule("r", "b",
+                {{"app", {"web"}}, Prefix("route", {"/api/"}), Not("route", {"/api/health"})})});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"route", "/api/users"}})),
+            Strings{"b:r"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "web"}, {"route", "/api/health"}})), Strings{});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"app", "cli"}, {"route", "/api/users"}})), Strings{});
+}
+
+TEST(RuleSet, ThousandPrefixRulesFindTheirOwn) {
+  std::vector<Budget> budgets;
+  std::vector<Rule> rules;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string n = std::to_string(i);
+    budgets.push_back(MakeBudget("budget" + n));
+    rules.push_back(MakeRule("rule" + n, "budget" + n, {Prefix("route", {"/t" + n + "/"})}));
+  }
+  const RuleSet rule_set = MakeRuleSet(std::move(budgets), std::move(rules));
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/t500/orders"}})),
+            Strings{"budget500:rule500"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/t5/"}})), Strings{"budget5:rule5"});
+  EXPECT_EQ(Matches(rule_set, MakeMetadata({{"route", "/t5000/"}})), Strings{});
+}
+
+TEST(RuleSet, MemberOfMatchesAnyRoleTheServerResolved) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("analytics"), MakeBudget("not-staff")},
+                  {MakeRule("analysts", "analytics", {{"member_of", {"analysts", "data_science"}}}),
+                   MakeRule("outsiders", "not-staff", {Not("member_of", {"staff"})})});
+  EXPECT_TRUE(rule_set.UsesBuiltinKey(kMemberOf));
+  EXPECT_EQ(rule_set.member_of_roles(), (Strings{"analysts", "data_science", "staff"}));
+  EXPECT_EQ(Matches(rule_set, ServerMetadata({"staff", "analysts"})),
+            Strings{"analytics:analysts"});
+  EXPECT_EQ(Matches(rule_set, ServerMetadata({"data_science"})),
+            (Strings{"analytics:analysts", "not-staff:outsiders"}));
+  EXPECT_EQ(Matches(rule_set, ServerMetadata({"staff"})), Strings{});
+  EXPECT_EQ(Matches(rule_set, ServerMetadata({})), Strings{"not-staff:outsiders"});
+}
+
+TEST(RuleSet, TagsCannotSetMemberOf) {
+  const RuleSet rule_set =
+      MakeRuleSet({MakeBudget("b"), MakeBudget("rest")},
+                  {MakeRule("admins", "b", {{"member_of", {"admins"}}}),
+                   MakeRule("not-admins", "rest", {Not("member_of", {"admins"})})});
+  const Metadata tagged = ServerMetadata({}, "SELECT 1 /*member_of='admins'*/", "alice");
+  EXPECT_EQ(tagged.Find("member_of"), nullptr);
+  EXPECT_EQ(Matches(rule_set, tagged), Strings{"rest:not-admins"});
+  EXPECT_EQ(Matches(rule_set, ServerMetadata({"admins"}, "SELECT 1 /*member_of='x'*/")),
+            Strings{"b:admins"});
+}
+
+TEST(RuleSet, MemberOfRolesComeOnlyFromRulesThatCanMatch) {
+  std::vector<RuleProblem> problems;
+  const RuleSet rule_set({MakeBudget("off", Mode::kOff), MakeBudget("b")},
+                         {MakeRule("r-off", "off", {{"member_of", {"ghosts"}}}),
+                          MakeRule("r", "b", {{"member_of", {"writers", "readers", "writers"}}})},
+                         &problems);
+  EXPECT_EQ(rule_set.member_of_roles(), (Strings{"readers", "writers"}));
+  EXPECT_TRUE(RuleSet().member_of_roles().empty());
+  const RuleSet without =
+      MakeRuleSet({MakeBudget("b")}, {MakeRule("r", "b", {{"username", {"alice"}}})});
+  EXPECT_TRUE(without.member_of_roles().empty());
+  EXPECT_FALSE(without.UsesBuiltinKey(kMemberOf));
+}
+
+TEST(RuleSet, DefaultRuleWithMemberOfAndPrefixRules) {
+  const RuleSet rule_set = MakeRuleSet(
+      {MakeBudget("critical"), MakeBudget("best-effort")},
+      {MakeRule("app-users", "critical", {{"member_of", {"app"}}, Prefix("route", {"/checkout"})}),
+       MakeDefaultRule("rest", "best-effort")});
+  Metadata metadata = ServerMetadata({"app"}, "SELECT 1 /*route='/checkout/pay'*/");
+  EXPECT_EQ(Matches(rule_set, metadata), Strings{"critical:app-users"});
+  metadata = ServerMetadata({}, "SELECT 1 /*route='/checkout/pay'*/");
+  EXPECT_EQ(Matches(rule_set, metadata), Strings{"best-effort:rest"});
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The admission decision for one statement: metadata -> rules -> budgets ->
 // verdicts -> what the client sees; and the backend's record of what it holds.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -24,6 +25,11 @@ struct StatementInfo {
   std::string_view text;  // the statement's own text
   std::optional<std::string_view> username, application_name, remote_address, database, command;
   std::optional<std::int64_t> query_id;
+  // member_of: those of the roles the rules name under member_of
+  // (RuleSet::member_of_roles()) that the current role is a member of; the
+  // server resolves them, the core only compares names. Not owned.
+  const char* const* member_of = nullptr;
+  std::size_t member_of_count = 0;
   // The role (current user) and database OIDs: with the query id, the key
   // the estimator learns and predicts per (as pg_stat_statements).
   std::uint32_t user_id = 0;

@@ -38,6 +38,16 @@ bool tc_config_empty(void);
 int			tc_config_max_cpu_priority(void);
 
 /*
+ * The roles the loaded rules name under member_of (each once; 0 when no rule
+ * tests member_of): the shim finds which of them the current role is a
+ * member of and passes those in tc_statement.member_of. A name stays valid
+ * until the next tc_load_config; NULL when `index` is out of range. Cannot
+ * fail.
+ */
+size_t		tc_config_member_of_role_count(void);
+const char *tc_config_member_of_role(size_t index);
+
+/*
  * The CPU quota (cores) the process's cgroups set, read from
  * /proc/self/cgroup and /sys/fs/cgroup; 0 when there is none or it cannot
  * be read. Cannot fail.
@@ -91,6 +101,12 @@ typedef struct tc_statement
 	const char *command;		/* select, insert, update, delete, merge, utility */
 	int64_t		query_id;
 	bool		has_query_id;
+	/*
+	 * Those of the tc_config_member_of_role() names that the current role
+	 * is a member of (NULL when none).
+	 */
+	const char *const *member_of;
+	size_t		member_of_count;
 	uint32_t	user_id;		/* the current role's OID (GetUserId()) */
 	uint32_t	database_id;	/* MyDatabaseId; with these two, the estimator's
 								 * pattern key, as pg_stat_statements' */

@@ -33,9 +33,17 @@ struct Budget {
   std::optional<std::int64_t> max_duration_ms;       // > 0: cancel (enforce) or warn after
 };
 
+// How a condition compares the statement's value of its key with `values`.
+enum class MatchKind {
+  kAnyOf,   // "x" or ["x", "y"]: the key is present and its value is one of them
+  kNoneOf,  // {"not": ...}: the key is absent, or its value is none of them
+  kPrefix,  // {"prefix": ...}: the key is present and its value starts with one of them
+};
+
 struct Condition {
   std::string key;
-  std::vector<std::string> values;  // any of; never empty
+  std::vector<std::string> values;  // never empty
+  MatchKind kind = MatchKind::kAnyOf;
 };
 
 struct Rule {
@@ -43,6 +51,9 @@ struct Rule {
   std::string budget;            // a budget's name (may be unknown: see RuleSet)
   std::vector<Condition> match;  // all must hold; empty = every statement
   std::optional<std::string> each;
+  // "default": true: the rule matches only statements that no other
+  // (non-default) rule matches; see RuleSet.
+  bool is_default = false;
 };
 
 // Parse and validate traffic_control.budgets. On failure returns false and sets

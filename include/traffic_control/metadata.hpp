@@ -12,8 +12,11 @@
 namespace tc {
 
 // Built-in metadata keys. A tag can never set one of these.
+// member_of is the one key that may appear several times in a Metadata: once
+// for each role (named by some rule) the current role is a member of.
 inline constexpr std::string_view kBuiltinKeys[] = {
-    "username", "application_name", "remote_address", "database", "query_id", "command",
+    "username", "application_name", "remote_address", "database",
+    "query_id", "command",          "member_of",
 };
 // Indexes into kBuiltinKeys.
 enum BuiltinKey : std::size_t {
@@ -23,10 +26,12 @@ enum BuiltinKey : std::size_t {
   kDatabase,
   kQueryId,
   kCommand,
+  kMemberOf,
 };
 bool IsBuiltinKey(std::string_view key);
 
-// A small set of key -> value pairs with unique keys, in insertion order.
+// A small set of key -> value pairs, in insertion order. Keys are unique,
+// except member_of (added with AppendNew, one item per role).
 // Clear() keeps the strings' storage for the next statement, so refilling a
 // Metadata with keys and values no longer than before allocates nothing.
 class Metadata {
@@ -39,7 +44,7 @@ class Metadata {
   void AppendNew(std::string_view key, std::string_view value) { Append(key, value); }
   // Adds tags: keys that are built-ins or already present are ignored.
   void AddTags(const std::vector<Tag>& tags);
-  // nullptr when the key is absent.
+  // nullptr when the key is absent; the first value of a repeated key.
   const std::string* Find(std::string_view key) const;
   const Item* begin() const { return items_.data(); }
   const Item* end() const { return items_.data() + size_; }

@@ -38,14 +38,28 @@ class RuleSet {
 
   // Appends to `out` one entry per distinct (budget, instance) that applies,
   // ordered by budget index then instance. Work is proportional to the number of
-  // metadata items, the number of distinct remote_address prefix lengths and
-  // the candidate rules found, not to the number of rules.
+  // metadata items, the number of distinct remote_address and `prefix` lengths
+  // and the candidate rules found (rules whose conditions are all `not` are
+  // candidates for every statement), not to the number of rules.
+  //
+  // A default rule (Rule::is_default) applies only when no non-default rule
+  // holds: its conditions and its `each` key present, whatever its budget
+  // (an "off" budget or one that does not exist still counts: turning a
+  // budget off or misspelling it must not pour its traffic into the default
+  // budget). Several default rules may apply together.
   void Match(const Metadata& metadata, std::vector<BudgetMatch>* out) const;
 
   // True when rule `rule_index` (into rules()) applies to `metadata`: the same
-  // test Match() makes, so false for skipped rules, rules of "off" budgets and
-  // indexes out of range. For explaining a decision; not for the hot path.
+  // test Match() makes, so false for skipped rules, rules of "off" budgets,
+  // default rules when another rule holds, and indexes out of range. For
+  // explaining a decision; not for the hot path.
   bool RuleMatches(std::size_t rule_index, const Metadata& metadata) const;
+
+  // The roles named under member_of by the rules that can take part in a
+  // match, each once, in config order. The server tells the core which of
+  // them the current role is a member of (StatementInfo::member_of); empty
+  // when no rule tests member_of, so it asks the catalog nothing.
+  const std::vector<std::string>& member_of_roles() const { return member_of_roles_; }
 
   const std::vector<Budget>& budgets() const { return budgets_; }
   const std::vector<Rule>& rules() const { return rules_; }
@@ -79,6 +93,7 @@ class RuleSet {
   std::vector<Rule> rules_;
   std::size_t active_rule_count_ = 0;
   std::vector<std::string> used_keys_;
+  std::vector<std::string> member_of_roles_;
   std::uint32_t used_builtin_keys_ = 0;  // bit i: kBuiltinKeys[i]
   bool uses_tag_keys_ = false;
   std::shared_ptr<const Index> index_;

@@ -42,6 +42,13 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata, const Rul
     const auto written = std::to_chars(digits, digits + sizeof digits, *statement.query_id);
     metadata->AppendNew(kBuiltinKeys[kQueryId], std::string_view(digits, written.ptr - digits));
   }
+  if (wanted(kMemberOf)) {
+    for (std::size_t i = 0; i < statement.member_of_count; ++i) {
+      if (statement.member_of[i] != nullptr) {
+        metadata->AppendNew(kBuiltinKeys[kMemberOf], statement.member_of[i]);
+      }
+    }
+  }
   if (only_keys_of != nullptr && !only_keys_of->UsesTagKeys()) return;
   std::vector<Tag> local_tags;
   std::vector<Tag>& tags = tags_scratch != nullptr ? *tags_scratch : local_tags;

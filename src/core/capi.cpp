@@ -168,6 +168,10 @@ tc::StatementInfo ToInfo(const tc_statement& statement, const tc::RuleSet* only_
   info.database = value(tc::kDatabase, statement.database);
   info.command = value(tc::kCommand, statement.command);
   if (statement.has_query_id) info.query_id = statement.query_id;
+  if (only_keys_of == nullptr || only_keys_of->UsesBuiltinKey(tc::kMemberOf)) {
+    info.member_of = statement.member_of;
+    info.member_of_count = statement.member_of != nullptr ? statement.member_of_count : 0;
+  }
   info.user_id = statement.user_id;
   info.database_id = statement.database_id;
   info.parallel_workers = statement.parallel_workers;
@@ -241,6 +245,15 @@ bool tc_load_config(const char* budgets_json, const char* rules_json, tc_report_
 bool tc_config_empty(void) { return State().controller.empty(); }
 
 int tc_config_max_cpu_priority(void) { return State().controller.max_cpu_priority(); }
+
+size_t tc_config_member_of_role_count(void) {
+  return State().controller.rule_set().member_of_roles().size();
+}
+
+const char* tc_config_member_of_role(size_t index) {
+  const std::vector<std::string>& roles = State().controller.rule_set().member_of_roles();
+  return index < roles.size() ? roles[index].c_str() : nullptr;
+}
 
 double tc_cgroup_cpu_quota(void) {
   double cores = 0;

@@ -14,6 +14,7 @@
 #include <new>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 #include <utility>
 
@@ -63,6 +64,14 @@ constexpr IntegerBounds kMaxDurationBounds{1, 2147483647,
                                            "must be an integer between 1 and 2147483647"};
 constexpr IntegerBounds kCpuPriorityBounds{
     0, kCpuPriorityIdle - 1, "must be an integer between 0 and 19 (a nice value) or \"idle\""};
+
+constexpr std::string_view kRemoteAddressKey = "remote_address";
+constexpr std::string_view kMemberOfKey = "member_of";
+constexpr std::size_t kMaxRoleNameBytes = 63;  // NAMEDATALEN - 1
+
+constexpr const char* kMatchValueShapes =
+    "must be a string, a non-empty array of strings, {\"not\": ...} or {\"prefix\": ...}";
+constexpr const char* kStringsShape = "must be a string or a non-empty array of strings";
 
 constexpr const char* kCommandValues[] = {"select", "insert", "update",
                                           "delete", "merge",  "utility"};
@@ -421,7 +430,7 @@ bool NormalizeMatchValue(std::string_view key, std::string_view path, std::strin
   if (ContainsNul(*value)) {
     return Fail(error, std::string(path) + ": must not contain a NUL character");
   }
-  if (key == "remote_address") {
+  if (key == kRemoteAddressKey) {
     IpPrefix prefix;
     if (!ParseIpPrefix(*value, &prefix)) {
       return Fail(
@@ -435,6 +444,12 @@ bool NormalizeMatchValue(std::string_view key, std::string_view path, std::strin
     if (!known) {
       return Fail(error, std::string(path) + ": " + Quote(*value) +
                              " is not one of select, insert, update, delete, merge, utility");
+    }
+  } else if (key == kMemberOfKey) {
+    // What get_role_oid() can look up: a name PostgreSQL can store.
+    if (value->empty() || value->size() > kMaxRoleNameBytes) {
+      return Fail(error,
+                  std::string(path) + ": " + Quote(*value) + " is not a role name (1 to 63 bytes)");
     }
   } else if (key == "query_id") {
     // from_chars accepts exactly [-]digits (no '+', no spaces) and reports overflow.
@@ -451,6 +466,42 @@ bool NormalizeMatchValue(std::string_view key, std::string_view path, std::strin
   return true;
 }
 
+// One string or a non-empty array of strings at `path`, added to
+// condition->values (equal values once). `normalize`: each is a value the key
+// can have, checked as such; otherwise (prefixes) any text without NUL.
+// `shape` is the message for a value of another JSON type.
+bool ParseValues(const std::string& key, const Json& value, const std::string& path, bool normalize,
+                 const char* shape, Condition* condition, std::string* error) {
+  // Keeps the first of equal values so the rule set never indexes one twice.
+  const auto add_value = [condition](std::string text) {
+    for (const std::string& existing : condition->values) {
+      if (existing == text) return;
+    }
+    condition->values.push_back(std::move(text));
+  };
+  const auto check = [&](std::string* text, const std::string& text_path) {
+    if (normalize) return NormalizeMatchValue(key, text_path, text, error);
+    if (ContainsNul(*text)) return Fail(error, text_path + ": must not contain a NUL character");
+    return true;
+  };
+  if (value.is_string()) {
+    std::string text = value.get<std::string>();
+    if (!check(&text, path)) return false;
+    add_value(std::move(text));
+    return true;
+  }
+  if (!value.is_array() || value.empty()) return Fail(error, path + ": " + shape);
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const Json& element = value.at(i);
+    const std::string element_path = IndexPath(path, i);
+    if (!element.is_string()) return Fail(error, element_path + ": must be a string");
+    std::string text = element.get<std::string>();
+    if (!check(&text, element_path)) return false;
+    add_value(std::move(text));
+  }
+  return true;
+}
+
 bool ParseCondition(const std::string& key, const Json& value, std::string_view match_path,
                     Condition* condition, std::string* error) {
   const std::string path = MemberPath(match_path, key);
@@ -459,37 +510,47 @@ bool ParseCondition(const std::string& key, const Json& value, std::string_view 
                            " must be 1 to 64 bytes without NUL characters");
   }
   condition->key = key;
-  // Keeps the first of equal values so the rule set never indexes one twice.
-  const auto add_value = [condition](std::string text) {
-    for (const std::string& existing : condition->values) {
-      if (existing == text) return;
+  if (!value.is_object()) {
+    condition->kind = MatchKind::kAnyOf;
+    return ParseValues(key, value, path, /*normalize=*/true, kMatchValueShapes, condition, error);
+  }
+  // {"not": ...} or {"prefix": ...}: one operator, so that what the rule
+  // means never depends on how two of them would combine.
+  if (value.size() != 1) {
+    return Fail(error, path + ": must hold exactly one of \"not\" or \"prefix\"");
+  }
+  const auto operation = value.items().begin();
+  const std::string operation_path = MemberPath(path, operation.key());
+  if (operation.key() == "not") {
+    condition->kind = MatchKind::kNoneOf;
+    return ParseValues(key, operation.value(), operation_path, /*normalize=*/true, kStringsShape,
+                       condition, error);
+  }
+  if (operation.key() == "prefix") {
+    // An address's text form has no useful prefixes (10.1.0.0/16 covers
+    // 10.1.x.y, "10.1" also 10.10.x.y); a role's membership is not a string.
+    if (key == kRemoteAddressKey) {
+      return Fail(error, operation_path +
+                             ": is not supported for remote_address; match a CIDR prefix "
+                             "such as \"10.1.0.0/16\" instead");
     }
-    condition->values.push_back(std::move(text));
-  };
-  if (value.is_string()) {
-    std::string text = value.get<std::string>();
-    if (!NormalizeMatchValue(key, path, &text, error)) return false;
-    add_value(std::move(text));
-    return true;
+    if (key == kMemberOfKey) {
+      return Fail(error,
+                  operation_path + ": is not supported for member_of; name the roles instead");
+    }
+    condition->kind = MatchKind::kPrefix;
+    return ParseValues(key, operation.value(), operation_path, /*normalize=*/false, kStringsShape,
+                       condition, error);
   }
-  if (!value.is_array() || value.empty()) {
-    return Fail(error, path + ": must be a string or a non-empty array of strings");
-  }
-  for (std::size_t i = 0; i < value.size(); ++i) {
-    const Json& element = value.at(i);
-    const std::string element_path = IndexPath(path, i);
-    if (!element.is_string()) return Fail(error, element_path + ": must be a string");
-    std::string text = element.get<std::string>();
-    if (!NormalizeMatchValue(key, element_path, &text, error)) return false;
-    add_value(std::move(text));
-  }
-  return true;
+  return Fail(error, operation_path + ": unknown operator (must be \"not\" or \"prefix\")");
 }
 
 bool ParseRule(const Json& item, std::size_t index, std::string_view path,
                std::unordered_set<std::string>* used_names, Rule* rule, std::string* error) {
   if (!item.is_object()) return Fail(error, std::string(path) + ": must be a JSON object");
-  if (!CheckKnownFields(item, path, {"name", "budget", "match", "each"}, error)) return false;
+  if (!CheckKnownFields(item, path, {"name", "budget", "match", "each", "default"}, error)) {
+    return false;
+  }
 
   const bool has_explicit_name = FindField(item, "name") != nullptr;
   rule->name = "rule" + std::to_string(index + 1);
@@ -532,7 +593,20 @@ bool ParseRule(const Json& item, std::size_t index, std::string_view path,
       return Fail(error, MemberPath(path, "each") +
                              ": must be a string of 1 to 64 bytes without NUL characters");
     }
+    // A role is a member of several roles at once: no single value to count by.
+    if (each->get_ref<const std::string&>() == kMemberOfKey) {
+      return Fail(error, MemberPath(path, "each") +
+                             ": \"member_of\" cannot be used with each (a role can be a member "
+                             "of several roles)");
+    }
     rule->each = each->get<std::string>();
+  }
+
+  if (const Json* is_default = FindField(item, "default"); is_default != nullptr) {
+    if (!is_default->is_boolean()) {
+      return Fail(error, MemberPath(path, "default") + ": must be true or false");
+    }
+    rule->is_default = is_default->get<bool>();
   }
   return true;
 }

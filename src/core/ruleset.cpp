@@ -21,6 +21,7 @@ namespace tc {
 namespace {
 
 constexpr std::string_view kRemoteAddressKey = "remote_address";
+constexpr std::string_view kMemberOfKey = "member_of";
 constexpr std::size_t kNoAnchor = static_cast<std::size_t>(-1);
 
 // A (key, value) pair as stored in the index and as looked up. Lookups use
@@ -69,13 +70,23 @@ using AddressBytes = std::array<std::uint8_t, 16>;
 
 struct CompiledCondition {
   std::string key;
+  MatchKind kind = MatchKind::kAnyOf;
   bool is_remote_address = false;
-  std::vector<std::string> values;  // when !is_remote_address
+  bool is_member_of = false;        // the key may repeat in the metadata
+  std::vector<std::string> values;  // when !is_remote_address (prefixes for kPrefix)
   std::vector<IpPrefix> networks;   // when is_remote_address: the values that parse
 };
 
 struct CompiledRule {
-  bool active = false;  // budget exists, is not "off", and every condition can hold
+  // Puts statements in its budget: the budget exists and is not "off", and
+  // every condition can hold.
+  bool active = false;
+  bool is_default = false;
+  // A non-default rule whose conditions can all hold, whatever its budget:
+  // while it holds, default rules do not apply.
+  bool shields_defaults = false;
+  // In the index: active, or shielding while some default rule is active.
+  bool indexed = false;
   std::uint32_t budget_index = 0;
   std::vector<CompiledCondition> conditions;
   std::optional<std::string> each;
@@ -112,19 +123,37 @@ class LazyRemoteAddress {
   IpPrefix address_;
 };
 
+// `value` is one of the condition's values (kPrefix: starts with one).
+bool ValueIn(const CompiledCondition& condition, std::string_view value) {
+  if (condition.kind == MatchKind::kPrefix) {
+    return std::any_of(
+        condition.values.begin(), condition.values.end(),
+        [value](const std::string& prefix) { return value.substr(0, prefix.size()) == prefix; });
+  }
+  return std::find(condition.values.begin(), condition.values.end(), value) !=
+         condition.values.end();
+}
+
 bool ConditionHolds(const CompiledCondition& condition, const Metadata& metadata,
                     LazyRemoteAddress* remote_address) {
+  // Whether the statement has the key with a value among the condition's;
+  // `not` is its negation, so a statement without the key satisfies `not`.
+  bool found = false;
   if (condition.is_remote_address) {
     const IpPrefix* address = remote_address->Get();
-    if (address == nullptr) return false;
-    return std::any_of(
-        condition.networks.begin(), condition.networks.end(),
-        [address](const IpPrefix& network) { return PrefixContains(network, *address); });
+    found = address != nullptr && std::any_of(condition.networks.begin(), condition.networks.end(),
+                                              [address](const IpPrefix& network) {
+                                                return PrefixContains(network, *address);
+                                              });
+  } else if (condition.is_member_of) {
+    found = std::any_of(metadata.begin(), metadata.end(), [&condition](const Metadata::Item& item) {
+      return item.first == condition.key && ValueIn(condition, item.second);
+    });
+  } else {
+    const std::string* value = metadata.Find(condition.key);
+    found = value != nullptr && ValueIn(condition, *value);
   }
-  const std::string* value = metadata.Find(condition.key);
-  if (value == nullptr) return false;
-  return std::find(condition.values.begin(), condition.values.end(), *value) !=
-         condition.values.end();
+  return condition.kind == MatchKind::kNoneOf ? !found : found;
 }
 
 // Every condition except `skip` holds and the `each` key is present. Sets
@@ -150,28 +179,34 @@ void SortUnique(std::vector<T>* items) {
 
 // Where a rule's anchor condition puts it in the index.
 struct IndexEntry {
-  bool is_remote_address = false;
-  KeyValueView key_value;  // when !is_remote_address
-  IpPrefix network;        // when is_remote_address
+  enum class Kind { kValue, kPrefix, kNetwork };
+  Kind kind = Kind::kValue;
+  KeyValueView key_value;  // kValue and kPrefix
+  IpPrefix network;        // kNetwork
 };
 
 // The entries a condition contributes to the index, one per distinct value
-// (remote_address values that do not parse contribute nothing).
+// (remote_address values that do not parse contribute nothing). A `not`
+// condition has none: it holds for statements that have none of its values.
 std::vector<IndexEntry> EntriesOf(const CompiledCondition& condition) {
   std::vector<IndexEntry> entries;
+  if (condition.kind == MatchKind::kNoneOf) return entries;
   if (condition.is_remote_address) {
+    if (condition.kind != MatchKind::kAnyOf) return entries;
     for (const IpPrefix& network : condition.networks) {
       IndexEntry entry;
-      entry.is_remote_address = true;
+      entry.kind = IndexEntry::Kind::kNetwork;
       entry.network = network;
       entries.push_back(entry);
     }
-  } else {
-    for (const std::string& value : condition.values) {
-      IndexEntry entry;
-      entry.key_value = {condition.key, value};
-      entries.push_back(entry);
-    }
+    return entries;
+  }
+  for (const std::string& value : condition.values) {
+    IndexEntry entry;
+    entry.kind =
+        condition.kind == MatchKind::kPrefix ? IndexEntry::Kind::kPrefix : IndexEntry::Kind::kValue;
+    entry.key_value = {condition.key, value};
+    entries.push_back(entry);
   }
   return entries;
 }
@@ -180,11 +215,21 @@ CompiledCondition Compile(const Condition& condition, const std::string& rule_na
                           std::vector<RuleProblem>* problems) {
   CompiledCondition compiled;
   compiled.key = condition.key;
+  compiled.kind = condition.kind;
   compiled.is_remote_address = condition.key == kRemoteAddressKey;
+  compiled.is_member_of = condition.key == kMemberOfKey;
   if (!compiled.is_remote_address) {
     compiled.values = condition.values;
     SortUnique(&compiled.values);
     return compiled;
+  }
+  if (condition.kind == MatchKind::kPrefix) {
+    // The config parser rejects these; kept as a safety net, never silently.
+    if (problems != nullptr) {
+      problems->push_back(
+          {rule_name, "prefix is not supported for remote_address; rule never matches"});
+    }
+    return compiled;  // no networks: cannot hold
   }
   for (const std::string& value : condition.values) {
     IpPrefix network;
@@ -203,6 +248,7 @@ CompiledCondition Compile(const Condition& condition, const std::string& rule_na
 }
 
 bool CanHold(const CompiledCondition& condition) {
+  if (condition.kind == MatchKind::kNoneOf) return true;
   return condition.is_remote_address ? !condition.networks.empty() : !condition.values.empty();
 }
 
@@ -217,13 +263,34 @@ std::vector<CidrTable> SortedByLength(absl::flat_hash_map<int, CidrTable> tables
 
 }  // namespace
 
+using KeyValueMap = absl::flat_hash_map<KeyValue, RuleIndexes, KeyValueHash, KeyValueEq>;
+
 struct RuleSet::Index {
   std::vector<CompiledRule> rules;  // parallel to RuleSet::rules_
-  RuleIndexes always_candidates;    // active rules with an empty match
-  absl::flat_hash_map<KeyValue, RuleIndexes, KeyValueHash, KeyValueEq> rules_by_key_value;
+  RuleIndexes always_candidates;    // indexed rules with no condition to anchor on
+  KeyValueMap rules_by_key_value;
+  // kPrefix anchors by (key, prefix), and the distinct prefix lengths of
+  // each key (ascending): a value is looked up once per length.
+  KeyValueMap rules_by_key_prefix;
+  absl::flat_hash_map<std::string, std::vector<std::size_t>> prefix_lengths_by_key;
   std::vector<CidrTable> v4_tables;  // one per distinct prefix length
   std::vector<CidrTable> v6_tables;
 };
+
+namespace {
+
+// Appends the match of rule `rule_index`, which holds (Match then drops a
+// (budget, instance) that an earlier rule already put there).
+void AddMatch(const CompiledRule& rule, std::uint32_t rule_index, const std::string* instance,
+              std::vector<BudgetMatch>* out) {
+  BudgetMatch& match = out->emplace_back();
+  match.budget_index = rule.budget_index;
+  match.rule_index = rule_index;
+  match.has_instance = instance != nullptr;
+  if (instance != nullptr) match.instance = *instance;
+}
+
+}  // namespace
 
 RuleSet::RuleSet(std::vector<Budget> budgets, std::vector<Rule> rules,
                  std::vector<RuleProblem>* problems)
@@ -235,96 +302,154 @@ RuleSet::RuleSet(std::vector<Budget> budgets, std::vector<Rule> rules,
     budget_by_name.emplace(budgets_[i].name, static_cast<std::uint32_t>(i));
   }
 
-  // Compile every rule; count how many active rules share each index entry.
-  absl::flat_hash_map<KeyValue, std::size_t, KeyValueHash, KeyValueEq> rules_per_key_value;
-  absl::flat_hash_map<std::tuple<bool, int, AddressBytes>, std::size_t> rules_per_network;
+  // Compile every rule, skipped ones too: a rule whose budget does not exist
+  // still keeps default rules off the statements it holds for.
+  bool has_active_default = false;
   index->rules.resize(rules_.size());
   for (std::size_t r = 0; r < rules_.size(); ++r) {
     const Rule& rule = rules_[r];
     CompiledRule& compiled = index->rules[r];
     const auto budget = budget_by_name.find(rule.budget);
-    if (budget == budget_by_name.end()) {
-      if (problems != nullptr) {
-        problems->push_back(
-            {rule.name, "budget \"" + rule.budget + "\" does not exist; rule skipped"});
-      }
-      continue;
+    const bool budget_exists = budget != budget_by_name.end();
+    if (!budget_exists && problems != nullptr) {
+      problems->push_back(
+          {rule.name, "budget \"" + rule.budget + "\" does not exist; rule skipped"});
     }
-    compiled.budget_index = budget->second;
+    compiled.is_default = rule.is_default;
     compiled.each = rule.each;
-    compiled.active = budgets_[budget->second].mode != Mode::kOff;
+    bool can_hold = true;
     for (const Condition& condition : rule.match) {
-      compiled.conditions.push_back(Compile(condition, rule.name, problems));
-      if (!CanHold(compiled.conditions.back())) compiled.active = false;
+      // A skipped rule's values are not reported: the rule is, already.
+      compiled.conditions.push_back(
+          Compile(condition, rule.name, budget_exists ? problems : nullptr));
+      if (!CanHold(compiled.conditions.back())) can_hold = false;
     }
-    if (!compiled.active) continue;
-    ++active_rule_count_;
-    auto note_key = [this](const std::string& key) {
-      if (UsesKey(key)) return;
-      used_keys_.push_back(key);
-      const auto* builtin = std::find(std::begin(kBuiltinKeys), std::end(kBuiltinKeys), key);
-      if (builtin == std::end(kBuiltinKeys)) {
-        uses_tag_keys_ = true;
-      } else {
-        used_builtin_keys_ |= 1u << (builtin - std::begin(kBuiltinKeys));
-      }
-    };
-    for (const Condition& condition : rule.match) note_key(condition.key);
-    if (rule.each) note_key(*rule.each);
+    compiled.shields_defaults = !rule.is_default && can_hold;
+    if (!budget_exists) continue;
+    compiled.budget_index = budget->second;
+    compiled.active = can_hold && budgets_[budget->second].mode != Mode::kOff;
+    if (compiled.active) {
+      ++active_rule_count_;
+      if (compiled.is_default) has_active_default = true;
+    }
+  }
+
+  // Index the rules that can change a match; count how many share each index
+  // entry. Only their keys are "used" (the server builds only those).
+  absl::flat_hash_map<KeyValue, std::size_t, KeyValueHash, KeyValueEq> rules_per_key_value;
+  absl::flat_hash_map<KeyValue, std::size_t, KeyValueHash, KeyValueEq> rules_per_key_prefix;
+  absl::flat_hash_map<std::tuple<bool, int, AddressBytes>, std::size_t> rules_per_network;
+  auto note_key = [this](const std::string& key) {
+    if (UsesKey(key)) return;
+    used_keys_.push_back(key);
+    const auto* builtin = std::find(std::begin(kBuiltinKeys), std::end(kBuiltinKeys), key);
+    if (builtin == std::end(kBuiltinKeys)) {
+      uses_tag_keys_ = true;
+    } else {
+      used_builtin_keys_ |= 1u << (builtin - std::begin(kBuiltinKeys));
+    }
+  };
+  for (std::size_t r = 0; r < rules_.size(); ++r) {
+    CompiledRule& compiled = index->rules[r];
+    compiled.indexed = compiled.active || (has_active_default && compiled.shields_defaults);
+    if (!compiled.indexed) continue;
     for (const CompiledCondition& condition : compiled.conditions) {
+      note_key(condition.key);
+      if (condition.is_member_of) {
+        for (const std::string& role : condition.values) {
+          if (std::find(member_of_roles_.begin(), member_of_roles_.end(), role) ==
+              member_of_roles_.end()) {
+            member_of_roles_.push_back(role);
+          }
+        }
+      }
       for (const IndexEntry& entry : EntriesOf(condition)) {
-        if (entry.is_remote_address) {
-          ++rules_per_network[{entry.network.is_v6, entry.network.prefix_len, entry.network.bytes}];
-        } else {
-          ++rules_per_key_value[KeyValue{std::string(entry.key_value.key),
-                                         std::string(entry.key_value.value)}];
+        switch (entry.kind) {
+          case IndexEntry::Kind::kNetwork:
+            ++rules_per_network[{entry.network.is_v6, entry.network.prefix_len,
+                                 entry.network.bytes}];
+            break;
+          case IndexEntry::Kind::kValue:
+            ++rules_per_key_value[KeyValue{std::string(entry.key_value.key),
+                                           std::string(entry.key_value.value)}];
+            break;
+          case IndexEntry::Kind::kPrefix:
+            ++rules_per_key_prefix[KeyValue{std::string(entry.key_value.key),
+                                            std::string(entry.key_value.value)}];
+            break;
         }
       }
     }
+    if (compiled.each) note_key(*compiled.each);
   }
 
   // Anchor: the condition whose index entries are shared with the fewest other
   // rules (so a statement finds few candidates that then fail verification).
-  // Ties go to a non-remote_address condition (no address parsing needed),
-  // then to the earlier condition. Rules with an empty match are always
-  // candidates.
+  // Ties go to an exact value (one lookup), then a prefix (one lookup per
+  // length), then remote_address (the address must be parsed), then to the
+  // earlier condition. Rules with no condition to anchor on (an empty match,
+  // or only `not` conditions) are always candidates.
   absl::flat_hash_map<int, CidrTable> v4_by_length;
   absl::flat_hash_map<int, CidrTable> v6_by_length;
   for (std::size_t r = 0; r < index->rules.size(); ++r) {
     CompiledRule& compiled = index->rules[r];
-    if (!compiled.active) continue;
+    if (!compiled.indexed) continue;
     const auto rule_index = static_cast<std::uint32_t>(r);
-    if (compiled.conditions.empty()) {
+    std::optional<std::tuple<std::size_t, IndexEntry::Kind, std::size_t>> best_cost;
+    for (std::size_t c = 0; c < compiled.conditions.size(); ++c) {
+      const std::vector<IndexEntry> entries = EntriesOf(compiled.conditions[c]);
+      if (entries.empty()) continue;
+      std::size_t shared = 0;
+      for (const IndexEntry& entry : entries) {
+        switch (entry.kind) {
+          case IndexEntry::Kind::kNetwork:
+            shared +=
+                rules_per_network
+                    .find({entry.network.is_v6, entry.network.prefix_len, entry.network.bytes})
+                    ->second;
+            break;
+          case IndexEntry::Kind::kValue:
+            shared += rules_per_key_value.find(entry.key_value)->second;
+            break;
+          case IndexEntry::Kind::kPrefix:
+            shared += rules_per_key_prefix.find(entry.key_value)->second;
+            break;
+        }
+      }
+      const std::tuple<std::size_t, IndexEntry::Kind, std::size_t> cost{shared, entries[0].kind, c};
+      if (!best_cost || cost < *best_cost) best_cost = cost;
+    }
+    if (!best_cost) {
       index->always_candidates.push_back(rule_index);
       continue;
     }
-    std::tuple<std::size_t, bool, std::size_t> best_cost{};
-    for (std::size_t c = 0; c < compiled.conditions.size(); ++c) {
-      const CompiledCondition& condition = compiled.conditions[c];
-      std::size_t shared = 0;
-      for (const IndexEntry& entry : EntriesOf(condition)) {
-        shared +=
-            entry.is_remote_address
-                ? rules_per_network
-                      .find({entry.network.is_v6, entry.network.prefix_len, entry.network.bytes})
-                      ->second
-                : rules_per_key_value.find(entry.key_value)->second;
-      }
-      const std::tuple<std::size_t, bool, std::size_t> cost{shared, condition.is_remote_address, c};
-      if (c == 0 || cost < best_cost) best_cost = cost;
-    }
-    compiled.anchor = std::get<2>(best_cost);
+    compiled.anchor = std::get<2>(*best_cost);
     for (const IndexEntry& entry : EntriesOf(compiled.conditions[compiled.anchor])) {
-      if (entry.is_remote_address) {
-        auto& tables = entry.network.is_v6 ? v6_by_length : v4_by_length;
-        CidrTable& table = tables[entry.network.prefix_len];
-        table.prefix_len = entry.network.prefix_len;
-        table.rules_by_network[entry.network.bytes].push_back(rule_index);
-      } else {
-        index
-            ->rules_by_key_value[KeyValue{std::string(entry.key_value.key),
-                                          std::string(entry.key_value.value)}]
-            .push_back(rule_index);
+      switch (entry.kind) {
+        case IndexEntry::Kind::kNetwork: {
+          auto& tables = entry.network.is_v6 ? v6_by_length : v4_by_length;
+          CidrTable& table = tables[entry.network.prefix_len];
+          table.prefix_len = entry.network.prefix_len;
+          table.rules_by_network[entry.network.bytes].push_back(rule_index);
+          break;
+        }
+        case IndexEntry::Kind::kValue:
+          index
+              ->rules_by_key_value[KeyValue{std::string(entry.key_value.key),
+                                            std::string(entry.key_value.value)}]
+              .push_back(rule_index);
+          break;
+        case IndexEntry::Kind::kPrefix: {
+          index
+              ->rules_by_key_prefix[KeyValue{std::string(entry.key_value.key),
+                                             std::string(entry.key_value.value)}]
+              .push_back(rule_index);
+          std::vector<std::size_t>& lengths =
+              index->prefix_lengths_by_key[std::string(entry.key_value.key)];
+          lengths.push_back(entry.key_value.value.size());
+          SortUnique(&lengths);
+          break;
+        }
       }
     }
   }
@@ -350,6 +475,20 @@ void RuleSet::Match(const Metadata& metadata, std::vector<BudgetMatch>* out) con
       }
     }
   }
+  if (!index.rules_by_key_prefix.empty()) {
+    for (const auto& [key, value] : metadata) {
+      const auto lengths = index.prefix_lengths_by_key.find(key);
+      if (lengths == index.prefix_lengths_by_key.end()) continue;
+      for (const std::size_t length : lengths->second) {
+        if (length > value.size()) break;
+        const auto found = index.rules_by_key_prefix.find(
+            KeyValueView{key, std::string_view(value).substr(0, length)});
+        if (found != index.rules_by_key_prefix.end()) {
+          candidates.insert(candidates.end(), found->second.begin(), found->second.end());
+        }
+      }
+    }
+  }
   LazyRemoteAddress remote_address(metadata);
   if (!index.v4_tables.empty() || !index.v6_tables.empty()) {
     if (const IpPrefix* address = remote_address.Get()) {
@@ -370,15 +509,30 @@ void RuleSet::Match(const Metadata& metadata, std::vector<BudgetMatch>* out) con
   candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
 
   const std::size_t first_new = out->size();
+  bool other_rule_held = false;  // a non-default rule holds, whatever its budget
+  bool default_candidate = false;
   for (const std::uint32_t rule_index : candidates) {
     const CompiledRule& rule = index.rules[rule_index];
+    if (rule.is_default) {
+      default_candidate = true;
+      continue;
+    }
+    // A rule indexed only to shield from default rules has nothing more to
+    // tell once some rule held.
+    if (!rule.active && other_rule_held) continue;
     const std::string* instance = nullptr;
     if (!RuleHolds(rule, metadata, rule.anchor, &remote_address, &instance)) continue;
-    BudgetMatch& match = out->emplace_back();
-    match.budget_index = rule.budget_index;
-    match.rule_index = rule_index;
-    match.has_instance = instance != nullptr;
-    if (instance != nullptr) match.instance = *instance;
+    other_rule_held = true;
+    if (rule.active) AddMatch(rule, rule_index, instance, out);
+  }
+  if (default_candidate && !other_rule_held) {
+    for (const std::uint32_t rule_index : candidates) {
+      const CompiledRule& rule = index.rules[rule_index];
+      const std::string* instance = nullptr;
+      if (rule.is_default && RuleHolds(rule, metadata, rule.anchor, &remote_address, &instance)) {
+        AddMatch(rule, rule_index, instance, out);
+      }
+    }
   }
   if (out->size() - first_new < 2) return;
 
@@ -402,7 +556,16 @@ bool RuleSet::RuleMatches(std::size_t rule_index, const Metadata& metadata) cons
   if (!rule.active) return false;
   LazyRemoteAddress remote_address(metadata);
   const std::string* instance = nullptr;
-  return RuleHolds(rule, metadata, kNoAnchor, &remote_address, &instance);
+  if (!RuleHolds(rule, metadata, kNoAnchor, &remote_address, &instance)) return false;
+  if (!rule.is_default) return true;
+  // Every rule, not the index: this is for explaining, not the hot path.
+  for (const CompiledRule& other : index_->rules) {
+    if (other.shields_defaults &&
+        RuleHolds(other, metadata, kNoAnchor, &remote_address, &instance)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace tc

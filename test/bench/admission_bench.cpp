@@ -18,12 +18,15 @@
 #include <benchmark/benchmark.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <new>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "traffic_control/admission.hpp"
@@ -123,75 +126,104 @@ struct Segment {
 
 enum class Limits { kConcurrency, kCost };
 
+// `count` rules, each with a budget of its own: enforce, with a
+// max_concurrent this load never reaches; `shape(i, &budget, &rule)` adds
+// the rest.
+template <typename Shape>
+tc::RuleSet OneBudgetPerRule(int count, Shape shape) {
+  std::vector<tc::Budget> budgets;
+  std::vector<tc::Rule> rules;
+  for (int i = 0; i < count; ++i) {
+    tc::Budget budget;
+    budget.name = "b" + std::to_string(i);
+    budget.mode = tc::Mode::kEnforce;
+    budget.max_concurrent = 1000000;
+    tc::Rule rule;
+    rule.name = "rule" + std::to_string(i);
+    rule.budget = budget.name;
+    shape(i, &budget, &rule);
+    budgets.push_back(std::move(budget));
+    rules.push_back(std::move(rule));
+  }
+  std::vector<tc::RuleProblem> problems;
+  return tc::RuleSet(std::move(budgets), std::move(rules), &problems);
+}
+
 // 1,000 rules, each {"route": "r<i>"} with its own budget whose limits never
 // refuse this load: max_concurrent only, or also per_query_limit and
 // server_share (then the estimator predicts, the bucket is charged and
 // corrected, and the estimator learns from each release).
 tc::RuleSet MakeRouteRules(Limits limits) {
-  std::vector<tc::Budget> budgets;
-  std::vector<tc::Rule> rules;
-  for (int i = 0; i < kRules; ++i) {
-    tc::Budget budget;
-    budget.name = "b" + std::to_string(i);
-    budget.mode = tc::Mode::kEnforce;
-    budget.max_concurrent = 1000000;
+  return OneBudgetPerRule(kRules, [limits](int i, tc::Budget* budget, tc::Rule* rule) {
     if (limits == Limits::kCost) {
-      budget.per_query_limit = 100;
-      budget.server_share = 100;
-      budget.burst_limit = 1e9;
+      budget->per_query_limit = 100;
+      budget->server_share = 100;
+      budget->burst_limit = 1e9;
     }
-    budgets.push_back(budget);
-    tc::Rule rule;
-    rule.name = "rule" + std::to_string(i);
-    rule.budget = budget.name;
-    rule.match.push_back(tc::Condition{"route", {"r" + std::to_string(i)}});
-    rules.push_back(rule);
-  }
-  std::vector<tc::RuleProblem> problems;
-  return tc::RuleSet(std::move(budgets), std::move(rules), &problems);
+    rule->match.push_back(tc::Condition{"route", {"r" + std::to_string(i)}});
+  });
 }
 
 // 1,000 rules of every kind: tag values and lists, several keys per rule,
 // built-ins, CIDRs of several prefix lengths, `each`. The statement matches
 // exactly one budget (through rule "mixed-500").
 tc::RuleSet MakeMixedRules() {
-  std::vector<tc::Budget> budgets;
-  std::vector<tc::Rule> rules;
-  for (int i = 0; i < kRules; ++i) {
-    tc::Budget budget;
-    budget.name = "m" + std::to_string(i);
-    budget.mode = i % 3 == 0 ? tc::Mode::kWarn : tc::Mode::kEnforce;
-    budget.max_concurrent = 1000000;
-    budgets.push_back(budget);
-    tc::Rule rule;
-    rule.name = "mixed-" + std::to_string(i);
-    rule.budget = budget.name;
+  return OneBudgetPerRule(kRules, [](int i, tc::Budget* budget, tc::Rule* rule) {
+    budget->name = "m" + std::to_string(i);
+    budget->mode = i % 3 == 0 ? tc::Mode::kWarn : tc::Mode::kEnforce;
+    rule->name = "mixed-" + std::to_string(i);
+    rule->budget = budget->name;
     const std::string n = std::to_string(i);
     switch (i % 5) {
       case 0:
-        rule.match.push_back(tc::Condition{"route", {"r" + n}});
+        rule->match.push_back(tc::Condition{"route", {"r" + n}});
         break;
       case 1:
-        rule.match.push_back(tc::Condition{"app", {"svc" + n}});
-        rule.match.push_back(tc::Condition{"tier", {"free", "trial"}});
+        rule->match.push_back(tc::Condition{"app", {"svc" + n}});
+        rule->match.push_back(tc::Condition{"tier", {"free", "trial"}});
         break;
       case 2:
-        rule.match.push_back(tc::Condition{"username", {"user" + n}});
+        rule->match.push_back(tc::Condition{"username", {"user" + n}});
         break;
       case 3:
-        rule.match.push_back(
+        rule->match.push_back(
             tc::Condition{"remote_address", {"10." + std::to_string(i % 250) + ".0.0/16"}});
-        rule.match.push_back(tc::Condition{"application_name", {"app" + n}});
+        rule->match.push_back(tc::Condition{"application_name", {"app" + n}});
         break;
       default:
-        rule.match.push_back(tc::Condition{"route", {"r" + n}});
-        rule.each = "tenant";
+        rule->match.push_back(tc::Condition{"route", {"r" + n}});
+        rule->each = "tenant";
         break;
     }
-    rules.push_back(rule);
-  }
-  std::vector<tc::RuleProblem> problems;
-  return tc::RuleSet(std::move(budgets), std::move(rules), &problems);
+  });
+}
+
+// 1,000 rules of the kinds contract 1.1 adds (route prefixes, a `not`,
+// member_of, `each`), then a default rule (index kRules).
+tc::RuleSet MakeRules11() {
+  return OneBudgetPerRule(kRules + 1, [](int i, tc::Budget*, tc::Rule* rule) {
+    const std::string n = std::to_string(i);
+    if (i == kRules) {
+      rule->is_default = true;
+      return;
+    }
+    switch (i % 4) {
+      case 0:
+        rule->match.push_back(tc::Condition{"route", {"/r" + n + "/"}, tc::MatchKind::kPrefix});
+        break;
+      case 1:
+        rule->match.push_back(tc::Condition{"route", {"r" + n}});
+        rule->match.push_back(tc::Condition{"tier", {"free", "trial"}, tc::MatchKind::kNoneOf});
+        break;
+      case 2:
+        rule->match.push_back(tc::Condition{"member_of", {"role" + n}});
+        break;
+      default:
+        rule->match.push_back(tc::Condition{"route", {"r" + n}});
+        rule->each = "tenant";
+        break;
+    }
+  });
 }
 
 tc::StatementInfo Statement(std::string_view text) {
@@ -338,6 +370,37 @@ void BM_Part_RuleSetMatch(benchmark::State& state) {
   }
 }
 
+// The rule lookup among MakeRules11's rules for `text` and a role that is a
+// member of `member_of` (rules name role<i>); `expected`: the rules matched.
+void RunRules11Match(benchmark::State& state, std::string_view text,
+                     const std::vector<const char*>& member_of, std::size_t expected) {
+  const tc::RuleSet rules = MakeRules11();
+  tc::StatementInfo statement = Statement(text);
+  statement.member_of = member_of.data();
+  statement.member_of_count = member_of.size();
+  tc::Metadata metadata;
+  tc::BuildMetadata(statement, &metadata, &rules);
+  std::vector<tc::BudgetMatch> matches;
+  rules.Match(metadata, &matches);
+  if (matches.size() != expected) state.SkipWithError("unexpected number of matches");
+  for (auto _ : state) {
+    matches.clear();
+    rules.Match(metadata, &matches);
+    benchmark::DoNotOptimize(matches);
+  }
+}
+
+// Matches a prefix rule (rule500) and a member_of rule (rule502).
+void BM_Part_RuleSetMatch_Rules11(benchmark::State& state) {
+  RunRules11Match(state, "SELECT 1 /*route='%2Fr500%2Forders',app='web'*/", {"role502"}, 2);
+}
+
+// A route no rule names, and no member_of: only the default rule matches,
+// after every candidate was checked.
+void BM_Part_RuleSetMatch_Rules11Default(benchmark::State& state) {
+  RunRules11Match(state, "SELECT 1 /*route='%2Fnone',app='web'*/", {}, 1);
+}
+
 void BM_Part_BucketTableAdmitRelease(benchmark::State& state) {
   Backend backend(MakeRouteRules(Limits::kCost));
   tc::Budget budget = backend.controller.rule_set().budgets()[500];
@@ -371,6 +434,8 @@ TC_BENCH(BM_Admit_NoMatch);
 TC_BENCH(BM_Admit_NoMatchNoComment);
 TC_BENCH(BM_Part_BuildMetadata);
 TC_BENCH(BM_Part_RuleSetMatch);
+TC_BENCH(BM_Part_RuleSetMatch_Rules11);
+TC_BENCH(BM_Part_RuleSetMatch_Rules11Default);
 TC_BENCH(BM_Part_BucketTableAdmitRelease);
 TC_BENCH(BM_Part_PatternPredictRecord);
 
