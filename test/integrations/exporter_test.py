@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 
 MONITOR_ROLE = "tc_monitor"
+NO_STATS_ROLE = "tc_no_stats"  # a login role without pg_read_all_stats
 # The budget metrics; every one is exported for every budget instance.
 BUDGET_METRICS = [
     "traffic_control_budget_active",
@@ -224,6 +225,18 @@ def check_dashboard(path, scraped_names):
         check(needed in used, "the dashboard graphs %s" % needed)
 
 
+def check_alerts(path, scraped_names):
+    """The example alert rules: every expr names only scraped metrics."""
+    with open(path) as f:
+        exprs = re.findall(r"^\s*expr:\s*(.+)$", f.read(), re.M)
+    used = set()
+    for expr in exprs:
+        used |= promql_metric_names(expr)
+    missing = sorted(used - scraped_names)
+    check(exprs and not missing, "every metric the %d example alerts use is in the scrape" % len(exprs),
+          "missing: %s" % missing)
+
+
 # ---- the run -------------------------------------------------------------
 def refuse(psql, sql, times, error, description):
     """Runs sql times, each in its own session; each must fail with error."""
@@ -240,7 +253,8 @@ def run_statements(psql):
     rc, _, err = psql.run(
         "CREATE EXTENSION traffic_control;"
         "CREATE ROLE %s LOGIN;"
-        "GRANT pg_read_all_stats TO %s;" % (MONITOR_ROLE, MONITOR_ROLE))
+        "GRANT pg_read_all_stats TO %s;"
+        "CREATE ROLE %s LOGIN;" % (MONITOR_ROLE, MONITOR_ROLE, NO_STATS_ROLE))
     if not check(rc == 0, "CREATE EXTENSION and the monitoring role", err):
         raise SystemExit(1)
     row = psql.value("SELECT rolsuper, pg_has_role('%s', 'pg_read_all_stats', 'MEMBER') "
@@ -305,30 +319,56 @@ def exporter_flags(help_text):
     return flags
 
 
-def start_exporter(args, port):
+def start_exporter(args, port, role=MONITOR_ROLE, name="exporter"):
     exe = "prometheus-postgres-exporter"
     help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30)
     help_text = help_text.stdout + help_text.stderr
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
     version = (version.stdout + version.stderr).strip().splitlines()
-    print("# %s" % (version[0] if version else "postgres_exporter, unknown version"))
+    if role == MONITOR_ROLE:
+        print("# %s" % (version[0] if version else "postgres_exporter, unknown version"))
     query_flag = "--extend.query-path"
     if query_flag not in help_text:  # removed by some later version
         check(False, "the exporter has %s" % query_flag)
         raise SystemExit(1)
     command = [exe, "--web.listen-address=127.0.0.1:%d" % port, "%s=%s" % (query_flag, args.queries)]
     command += exporter_flags(help_text)
-    print("# " + " ".join(command))
+    print("# %s: %s" % (role, " ".join(command)))
     env = dict(os.environ)
     # The cluster's Unix socket directory, as the monitoring role.
     env["DATA_SOURCE_NAME"] = "host=%s port=%s user=%s dbname=postgres sslmode=disable" % (
-        os.environ["PGHOST"], os.environ["PGPORT"], MONITOR_ROLE)
-    log = open(os.path.join(args.workdir, "exporter.log"), "w")
+        os.environ["PGHOST"], os.environ["PGPORT"], role)
+    log = open(os.path.join(args.workdir, name + ".log"), "w")
     exporter = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
-    with open(os.path.join(args.workdir, "exporter.pid"), "w") as f:
+    with open(os.path.join(args.workdir, name + ".pid"), "w") as f:
         f.write(str(exporter.pid))
     return exporter
+
+
+def stop_exporter(exporter, workdir, name="exporter"):
+    exporter.terminate()
+    try:
+        exporter.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        exporter.kill()
+        exporter.wait(timeout=5)
+    os.unlink(os.path.join(workdir, name + ".pid"))
+
+
+def check_role_needs_stats(args):
+    """The same exporter as a role outside pg_read_all_stats scrapes nothing of ours."""
+    port = free_port()
+    exporter = start_exporter(args, port, NO_STATS_ROLE, "exporter_no_stats")
+    try:
+        text = scrape_when_up("http://127.0.0.1:%d/metrics" % port, exporter)
+    finally:
+        stop_exporter(exporter, args.workdir, "exporter_no_stats")
+    samples = parse_exposition(text or "")[0]
+    ours = [n for n in samples if n.startswith("traffic_control_")]
+    check(text is not None and series(samples, "pg_exporter_last_scrape_error") == [1.0] and not ours,
+          "as a role outside pg_read_all_stats: no traffic_control metrics, pg_exporter_last_scrape_error 1",
+          "scraped: %s, ours: %s" % (text is not None, ours))
 
 
 def scrape_when_up(url, exporter):
@@ -427,6 +467,7 @@ def main():
     parser.add_argument("--psql", required=True)
     parser.add_argument("--queries", required=True)
     parser.add_argument("--dashboard", required=True)
+    parser.add_argument("--alerts", required=True)
     args = parser.parse_args()
     psql = Psql(args.psql)
     exporter = sleeper = None
@@ -461,19 +502,15 @@ def main():
             check_value(samples2, "traffic_control_budget_admitted_total", 1, budget="busy")
 
         check_dashboard(args.dashboard, set(samples))
+        check_alerts(args.alerts, set(samples))
+        check_role_needs_stats(args)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         check(False, "the test runs to its end", str(e))
     finally:
         if sleeper is not None:
             stop_sleeper(psql, sleeper, args.workdir)
         if exporter is not None:
-            exporter.terminate()
-            try:
-                exporter.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                exporter.kill()
-                exporter.wait(timeout=5)
-            os.unlink(os.path.join(args.workdir, "exporter.pid"))
+            stop_exporter(exporter, args.workdir)
         passed = sum(results)
         print("exporter: %d passed, %d failed" % (passed, len(results) - passed), flush=True)
     return 0 if all(results) and results else 1

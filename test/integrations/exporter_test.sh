@@ -5,8 +5,9 @@
 # prometheus-postgres-exporter with integrations/prometheus/
 # traffic_control_queries.yaml as a pg_read_all_stats role, scrapes /metrics
 # and checks the series, their labels and values, and that every metric the
-# Grafana dashboard uses is exported. exporter_test.py does the work; this
-# script provides the package, the cluster and the cleanup.
+# Grafana dashboard and the example alerts use is exported.
+# exporter_test.py does the work; this script provides the package, the
+# cluster and the cleanup.
 #
 # The extension must already be installed into the PostgreSQL that pg_config
 # names (make -f Makefile.pgxs install, or test/run_all.sh). Run as root (the
@@ -21,11 +22,11 @@ tc_install_dependencies prometheus-postgres-exporter
 WORK="$(mktemp -d /tmp/tc_exporter.XXXXXX)"
 chmod 755 "$WORK"
 # exporter_test.py stops what it starts itself; this is the backstop for an
-# interrupted or crashed run: the exporter and the sleeping psql by their pid
-# files, then the cluster.
+# interrupted or crashed run: the exporters and the sleeping psql by their
+# pid files, then the cluster.
 cleanup() {
   local pidfile
-  for pidfile in "$WORK/exporter.pid" "$WORK/sleeper.pid"; do
+  for pidfile in "$WORK"/*.pid; do
     if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
   done
   tc_stop_cluster "$WORK/cluster"
@@ -47,7 +48,8 @@ set +e
 /usr/bin/python3 "$TC_ROOT/test/integrations/exporter_test.py" --workdir "$WORK" \
   --psql "$PG_BINDIR/psql" \
   --queries "$TC_ROOT/integrations/prometheus/traffic_control_queries.yaml" \
-  --dashboard "$TC_ROOT/integrations/grafana/traffic_control_dashboard.json"
+  --dashboard "$TC_ROOT/integrations/grafana/traffic_control_dashboard.json" \
+  --alerts "$TC_ROOT/integrations/prometheus/traffic_control_alerts.yaml"
 status=$?
 set -e
 if [ "$status" -ne 0 ]; then
