@@ -313,7 +313,8 @@ def exporter_flags(help_text):
     for flag in ["--disable-default-metrics", "--disable-settings-metrics"]:
         if flag in help_text:
             flags.append(flag)
-    # Collectors of newer versions (--[no-]collector.NAME, on by default).
+    # The collectors, on by default: 0.11 has database and bgwriter
+    # (--collector.NAME in its --help), later versions more (--[no-]collector.NAME).
     for name in re.findall(r"--(?:\[no-\])?collector\.([a-z_]+)\s", help_text):
         flags.append("--no-collector." + name)
     return flags
