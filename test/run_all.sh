@@ -2,7 +2,8 @@
 # The test command (README): installs the Debian packages it needs, builds the
 # core and the extension, and runs every suite: GoogleTest (ctest), pg_regress
 # and isolation specs on a throwaway cluster with the library preloaded, the
-# TAP tests (terminate, disconnect, crash-restart) and the client-driver tests.
+# TAP tests (terminate, disconnect, crash-restart), the client-driver tests and
+# the Prometheus exporter test.
 # Run it as root on a fresh Debian 12 machine, or as a user who can already
 # build and who owns a writable PostgreSQL install.
 set -euo pipefail
@@ -11,8 +12,9 @@ cd "$TC_ROOT"
 
 # The client-driver tests need psycopg 3 (Debian's python3-psycopg, for Debian's
 # /usr/bin/python3) and Node.js with npm; Node may already be installed from
-# elsewhere, so Debian's nodejs and npm are only added when it is not.
-CLIENT_PACKAGES=(python3-psycopg)
+# elsewhere, so Debian's nodejs and npm are only added when it is not. The
+# Prometheus integration test runs Debian's prometheus-postgres-exporter.
+CLIENT_PACKAGES=(python3-psycopg prometheus-postgres-exporter)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   CLIENT_PACKAGES+=(nodejs npm)
 fi
@@ -26,6 +28,20 @@ record() {  # record SUITE PASSED FAILED
   FAILED=$((FAILED + $3))
   if [ "$3" -ne 0 ]; then FAILED_SUITES+=("$1"); fi
   echo "$1: $2 passed, $3 failed"
+}
+
+# record_summary SUITE STATUS LOG: records a suite from its closing line in LOG,
+# "SUITE: N passed, M failed" (or "N checks passed"); an exit status that is
+# not 0 with no failure counted, or no check counted at all, is one failure.
+record_summary() {
+  local pattern="^$1: ([0-9]+) (checks )?passed, ([0-9]+) failed\$" passed failed
+  passed=$(sed -En "s/$pattern/\1/p" "$3" | tail -n 1)
+  failed=$(sed -En "s/$pattern/\3/p" "$3" | tail -n 1)
+  passed=${passed:-0}
+  failed=${failed:-0}
+  if [ "$2" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+  if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+  record "$1" "$passed" "$failed"
 }
 
 WORK="$(mktemp -d /tmp/tc_test.XXXXXX)"
@@ -131,6 +147,16 @@ if [ $regress_status -ne 0 ] || [ $isolation_status -ne 0 ] || [ $node_status -n
 fi
 tc_stop_cluster "$WORK/cluster"
 
+# ---- Prometheus: postgres_exporter with the query file, the Grafana dashboard
+# (test/integrations/exporter_test.sh, docs/operations.md). Its own cluster:
+# it checks exact counter values, which other suites' statements would change.
+tc_log "Prometheus exporter and Grafana dashboard"
+set +e
+test/integrations/exporter_test.sh 2>&1 | tee "$WORK/exporter.log"
+exporter_status=${PIPESTATUS[0]}
+set -e
+record_summary "exporter" "$exporter_status" "$WORK/exporter.log"
+
 # ---- TAP: error paths that end a backend or the server -------------------
 # A cgroup with a CPU quota of half a core, which the postgres user may move
 # a postmaster into (005_cpu_quota.pl; skipped where none can be made).
@@ -180,12 +206,7 @@ set +e
 test/chaos/chaos.sh --duration 75 2>&1 | tee "$WORK/chaos.log"
 chaos_status=${PIPESTATUS[0]}
 set -e
-chaos_passed=$(sed -n 's/^chaos: \([0-9]*\) checks passed, \([0-9]*\) failed$/\1/p' "$WORK/chaos.log")
-chaos_failed=$(sed -n 's/^chaos: \([0-9]*\) checks passed, \([0-9]*\) failed$/\2/p' "$WORK/chaos.log")
-chaos_passed=${chaos_passed:-0}
-chaos_failed=${chaos_failed:-0}
-if [ "$chaos_status" -ne 0 ] && [ "$chaos_failed" -eq 0 ]; then chaos_failed=1; fi
-record "chaos" "$chaos_passed" "$chaos_failed"
+record_summary "chaos" "$chaos_status" "$WORK/chaos.log"
 
 tc_log "summary"
 if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then
