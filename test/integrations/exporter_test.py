@@ -31,11 +31,13 @@ BUDGET_METRICS = [
     "traffic_control_budget_shed",
     "traffic_control_budget_shed_until_timestamp_seconds",
     "traffic_control_budget_last_blocked_timestamp_seconds",
+    "traffic_control_budget_utilization_pct",  # every budget here has max_concurrent
 ]
+LIMIT = "traffic_control_budget_limit_value"
 BLOCKED = "traffic_control_budget_blocked_total"
 RULE_MATCHED = "traffic_control_rule_matched_total"
 RULE_PROBLEM = "traffic_control_rule_problem"
-ALL_METRICS = BUDGET_METRICS + [BLOCKED, RULE_MATCHED, RULE_PROBLEM]
+ALL_METRICS = BUDGET_METRICS + [BLOCKED, LIMIT, RULE_MATCHED, RULE_PROBLEM]
 REASONS = ["max_concurrent", "per_query_limit", "server_share", "shed"]
 # (budget, each_value) -> mode: every instance the statements below create.
 INSTANCES = {
@@ -401,8 +403,9 @@ def check_scrape(samples, helps, types, facts, scrape_time):
         want_type = "counter" if name.endswith("_total") else "gauge"
         check(helps.get(name, "") != "" and types.get(name) == want_type,
               "%s has HELP and TYPE %s" % (name, want_type), "type %r" % types.get(name))
-    for name in BUDGET_METRICS + [BLOCKED]:
-        want = {"budget", "each_value", "mode", "server"} | ({"reason"} if name == BLOCKED else set())
+    for name in BUDGET_METRICS + [BLOCKED, LIMIT]:
+        want = {"budget", "each_value", "mode", "server"} | ({"reason"} if name == BLOCKED else set()) \
+            | ({"limit"} if name == LIMIT else set())
         got = {(l["budget"], l.get("each_value"), l.get("mode")) for l, _ in samples.get(name, [])}
         labelsets = {frozenset(l) for l, _ in samples.get(name, [])}
         check(got == {(b, e, m) for (b, e), m in INSTANCES.items()} and labelsets == {frozenset(want)},
@@ -429,6 +432,14 @@ def check_scrape(samples, helps, types, facts, scrape_time):
         check_value(samples, "traffic_control_budget_debt_seconds", 0, budget=b, each_value=e)
         check_value(samples, "traffic_control_budget_shed", 1 if b == "lever" else 0,
                     budget=b, each_value=e)
+    # Utilization: busy's only slot is held; a limit of 0 counts as full.
+    limits = {"tenants": 5, "shed_all": 0, "watch": 0, "lever": 10, "busy": 1}
+    for (b, e) in INSTANCES:
+        check_value(samples, "traffic_control_budget_utilization_pct",
+                    100 if b in ("busy", "shed_all", "watch") else 0, budget=b, each_value=e)
+        check_value(samples, LIMIT, limits[b], budget=b, each_value=e, limit="max_concurrent")
+    check(all(l.get("limit") == "max_concurrent" for l, _ in samples.get(LIMIT, [])),
+          "%s: only the limits the budgets set (max_concurrent here)" % LIMIT)
     blocked = {("shed_all", "max_concurrent"): REFUSED, ("lever", "shed"): LEVER_SHED,
                ("busy", "max_concurrent"): 1}
     for (b, e) in INSTANCES:
