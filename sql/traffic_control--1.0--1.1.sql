@@ -43,7 +43,8 @@ CREATE FUNCTION @extschema@.budget_status(
     OUT per_query_limit float8,
     OUT server_share float8,
     OUT burst_limit float8,
-    OUT utilization_pct float8)
+    OUT utilization_pct float8,
+    OUT canceled bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'traffic_control_budget_status_1_1'
 LANGUAGE C STRICT VOLATILE;

@@ -37,6 +37,8 @@ static bool duration_timeout_registered = false;
 static TimeoutId duration_timeout;
 static volatile sig_atomic_t duration_armed = false;
 static volatile sig_atomic_t duration_fired = false;
+/* The fired cancel has been reported with the budget's text (once). */
+static bool cancel_reported = false;
 /* The cancel's text, client-safe, in TopMemoryContext. */
 static char *cancel_message = NULL;
 static char *cancel_detail = NULL;
@@ -73,6 +75,7 @@ arm_max_duration(int64 after_ms, const tc_report *cancel)
 	remember_text(&cancel_message, cancel->message);
 	remember_text(&cancel_detail, cancel->detail);
 	duration_fired = false;
+	cancel_reported = false;
 	duration_armed = true;
 	enable_timeout_after(duration_timeout, (int) Min(after_ms, (int64) PG_INT32_MAX));
 	return true;
@@ -92,6 +95,13 @@ forget_duration_cancel(void)
 {
 	if (!duration_armed)
 		duration_fired = false;
+	cancel_reported = false;
+}
+
+bool
+duration_cancel_fired(void)
+{
+	return duration_fired;
 }
 
 void
@@ -112,10 +122,10 @@ cancel_if_duration_expired(void)
 bool
 rewrite_duration_cancel(ErrorData *edata)
 {
-	if (!duration_fired || edata->elevel != ERROR ||
+	if (!duration_fired || cancel_reported || edata->elevel != ERROR ||
 		edata->sqlerrcode != ERRCODE_QUERY_CANCELED || cancel_message == NULL)
 		return false;
-	duration_fired = false;
+	cancel_reported = true;
 	/* elog.c frees these with the error, in ErrorContext (current here). */
 	edata->message = pstrdup(cancel_message);
 	edata->detail = pstrdup(cancel_detail);

@@ -251,17 +251,20 @@ release_record(int index, bool completed)
 {
 	TcHeld		record = held[index];
 	tc_wakeups	wake;
+	bool		canceled;
 
 	/* Forget the record first: whatever happens next, it is released once. */
 	held[index] = held[held_count - 1];
 	held_count--;
 	if (record.cpu_priority > 0)
 		apply_held_priority();
+	canceled = !completed && record.owns_duration_timer && duration_cancel_fired();
 	if (record.owns_duration_timer || record.duration_warning != NULL)
 		finish_duration(&record, completed);
 	if (record.token == 0)
 		return;
-	if (tc_release(record.token, cpu_used(&record), completed && record.ran_whole, &wake))
+	if (tc_release(record.token, cpu_used(&record), completed && record.ran_whole, canceled,
+				   &wake))
 		wake_backends(&wake);
 	else
 		elog(WARNING, "%s", tc_last_error());

@@ -57,7 +57,7 @@ PG_FUNCTION_INFO_V1(traffic_control_explain_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_reset_1_0);
 
 #define BUDGET_STATUS_COLUMNS 13
-#define BUDGET_STATUS_COLUMNS_1_1 20
+#define BUDGET_STATUS_COLUMNS_1_1 21
 #define RULE_STATUS_COLUMNS 4
 #define PATTERN_ESTIMATES_COLUMNS 5
 #define VIOLATION_HISTORY_COLUMNS 7
@@ -240,6 +240,7 @@ budget_status_rows(FunctionCallInfo fcinfo, bool v1_1)
 			nulls[c++] = !row->has_server_share;
 			values[c] = Float8GetDatum(row->utilization_pct);
 			nulls[c++] = !row->has_utilization;
+			values[c++] = counter_datum(row->canceled);
 		}
 		Assert(c == columns);
 

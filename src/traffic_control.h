@@ -79,6 +79,9 @@ extern TC_INTERNAL void disarm_max_duration(void);
 /* A new top-level statement: a cancel of an ended statement needs its text no more. */
 extern TC_INTERNAL void forget_duration_cancel(void);
 
+/* Has the timer fired (its statement is being canceled)? */
+extern TC_INTERNAL bool duration_cancel_fired(void);
+
 /* Before a run of the statement that armed the timer (a cursor's FETCH). */
 extern TC_INTERNAL void cancel_if_duration_expired(void);
 

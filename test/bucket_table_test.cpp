@@ -160,6 +160,7 @@ TEST(BucketTable, LimitNames) {
   EXPECT_EQ(LimitName(Limit::kMaxConcurrent), "max_concurrent");
   EXPECT_EQ(LimitName(Limit::kPerQueryLimit), "per_query_limit");
   EXPECT_EQ(LimitName(Limit::kServerShare), "server_share");
+  EXPECT_EQ(LimitName(Limit::kShed), "shed");
 }
 
 TEST(BucketTable, InitializeAndAttachValidateTheMemory) {
@@ -376,6 +377,23 @@ TEST(BucketTable, ExtraReleasesClampAtZero) {
   h.table.Release(holding);
   EXPECT_EQ(ActiveOf(h.table, "clamp"), 0);
   ExpectConsistent(h.table);
+}
+
+// A release of a statement max_duration_ms canceled counts it; a normal
+// release counts nothing; reset() zeroes the count. (The controller
+// releases a holding once: AdmissionTest.)
+TEST(BucketTable, ACanceledReleaseIsCountedOnce) {
+  Harness h;
+  const Budget budget = MakeBudget("runaway", Mode::kEnforce, 10);
+  const Holding canceled = AdmitOne(h.table, Request(budget)).holdings.at(0);
+  const Holding finished = AdmitOne(h.table, Request(budget)).holdings.at(0);
+  EXPECT_TRUE(h.table.Release(canceled, std::nullopt, true));
+  EXPECT_TRUE(h.table.Release(finished));
+  ASSERT_EQ(h.table.Snapshot().size(), 1u);
+  EXPECT_EQ(h.table.Snapshot()[0].canceled, 1u);
+  EXPECT_EQ(h.table.Snapshot()[0].active, 0);
+  h.table.ResetCounters();
+  EXPECT_EQ(h.table.Snapshot()[0].canceled, 0u);
 }
 
 TEST(BucketTable, StaleReleaseAfterTheSlotWasReusedDoesNothing) {

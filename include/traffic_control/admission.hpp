@@ -176,8 +176,9 @@ class AdmissionController {
   // buckets' debt); `completed`: it ran to its end, so the estimator learns
   // from it (an error or a cancel would teach it that a heavy pattern is
   // cheap).
+  // `canceled`: max_duration_ms canceled it (counted by every instance it held).
   void Release(std::int64_t holding, std::optional<double> cpu_seconds = std::nullopt,
-               bool completed = false);
+               bool completed = false, bool canceled = false);
   void ReleaseAll();
 
   // Adds this backend's pending rule match counts to the shared counters

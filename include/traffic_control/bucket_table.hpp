@@ -134,6 +134,7 @@ struct BucketSnapshot {
   std::int64_t active = 0;
   std::uint64_t admitted = 0, warned = 0, blocked_max_concurrent = 0, blocked_per_query_limit = 0,
                 blocked_server_share = 0, blocked_shed = 0, queued = 0;
+  std::uint64_t canceled = 0;           // statements canceled by max_duration_ms
   std::int64_t last_blocked_at_us = 0;  // wall clock (Unix epoch microseconds), 0 = never
   double debt_seconds = 0;              // leaky bucket debt in CPU-seconds, drained to now
 };
@@ -219,7 +220,9 @@ class BucketTable {
   // really used) the bucket's debt is corrected by actual - charged (never
   // below 0); without it the charge stands. Waiters that now fit are added
   // to wakes(). False when the holding was released already.
-  bool Release(const Holding& holding, std::optional<double> actual_seconds = std::nullopt);
+  // `canceled`: the statement was canceled by max_duration_ms (counted).
+  bool Release(const Holding& holding, std::optional<double> actual_seconds = std::nullopt,
+               bool canceled = false);
 
   // Takes this backend out of the queue it waits in, if any (a wait that
   // ended without a final Admit: cancel, timeout, error, exit), waking the

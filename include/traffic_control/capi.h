@@ -198,9 +198,11 @@ bool tc_admit_if_wait_never_ends(const tc_statement *statement, const int32_t *s
  * Gives back what `holding` holds; unknown or already released tokens are
  * ignored, so a holding is released exactly once. `cpu_seconds` (<0 when not
  * measured) corrects the budgets' debt; `completed` (the statement ran to its
- * end) lets the estimator learn from it. *wake: waiters to wake.
+ * end) lets the estimator learn from it; `canceled` (max_duration_ms
+ * canceled it) is counted. *wake: waiters to wake.
  */
-bool		tc_release(int64_t holding, double cpu_seconds, bool completed, tc_wakeups *wake);
+bool		tc_release(int64_t holding, double cpu_seconds, bool completed, bool canceled,
+					   tc_wakeups *wake);
 /* Releases everything this backend holds (exit, safety net). */
 bool tc_release_all(tc_wakeups *wake);
 
@@ -248,6 +250,7 @@ typedef struct tc_budget_status_row
 	uint64_t	blocked_per_query_limit;
 	uint64_t	blocked_server_share;
 	uint64_t	blocked_shed;	/* refused because the budget was shed */
+	uint64_t	canceled;		/* canceled by max_duration_ms */
 	uint64_t	queued;
 	int64_t		last_blocked_at_us; /* Unix epoch microseconds; 0 = never */
 	int64_t		shed_until_us;	/* latest end of a shed of the budget (Unix

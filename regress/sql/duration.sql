@@ -57,7 +57,8 @@ FETCH 1 FROM slow;
 FETCH 1 FROM slow;
 FETCH 1 FROM slow;
 ROLLBACK;
-SELECT budget, active FROM traffic_control.budget_status WHERE budget = 'dur_cancel';
+-- canceled: the four cancels above (sleep, CPU-bound, caught in PL/pgSQL, cursor).
+SELECT budget, active, canceled FROM traffic_control.budget_status WHERE budget = 'dur_cancel';
 
 -- A long limit never fires for a short statement.
 SELECT pg_sleep(0.1), 'ran' AS result /*dur='long'*/;

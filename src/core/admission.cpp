@@ -649,7 +649,7 @@ Explanation AdmissionController::Explain(const StatementInfo& statement) {
 }
 
 void AdmissionController::Release(std::int64_t holding, std::optional<double> cpu_seconds,
-                                  bool completed) {
+                                  bool completed, bool canceled) {
   std::size_t index = holdings_.size();
   while (index > 0 && holdings_[index - 1].token != holding) --index;
   if (index == 0) return;
@@ -659,7 +659,7 @@ void AdmissionController::Release(std::int64_t holding, std::optional<double> cp
   if (index != holdings_.size()) holdings_[index - 1] = std::move(holdings_.back());
   holdings_.pop_back();
   if (table_ != nullptr) {
-    for (const Holding& h : held.holdings) table_->Release(h, cpu_seconds);
+    for (const Holding& h : held.holdings) table_->Release(h, cpu_seconds, canceled);
   }
   if (completed && held.learn && cpu_seconds && patterns_ != nullptr) {
     patterns_->Record(held.pattern, held.plan_cost, *cpu_seconds);

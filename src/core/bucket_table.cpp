@@ -117,7 +117,7 @@ namespace tc {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x54434255434b4554ULL;  // "TCBUCKET"
-constexpr std::uint32_t kLayoutVersion = 6;
+constexpr std::uint32_t kLayoutVersion = 7;
 constexpr std::int32_t kNoSlot = -1;
 constexpr std::int32_t kNoWaiter = -1;  // no backend (end of a queue)
 // Distinct instances a backend publishes as held (HeldRecord); more are not
@@ -169,6 +169,7 @@ struct BucketState {
   std::uint64_t blocked_server_share;
   std::uint64_t blocked_shed;
   std::uint64_t queued;
+  std::uint64_t canceled;  // statements canceled by max_duration_ms
   // Written only by a wait: the queue's first and last backend (kNoWaiter
   // when empty).
   std::int32_t queue_head;
@@ -1514,7 +1515,8 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
   return verdicts;
 }
 
-bool BucketTable::Release(const Holding& holding, std::optional<double> actual_seconds) {
+bool BucketTable::Release(const Holding& holding, std::optional<double> actual_seconds,
+                          bool canceled) {
   if (holding.slot == Holding::kUntrackedSlot || holding.slot >= capacity_) return false;
   const TableView table = CachedView(memory_, entries_, index_, index_mask_, backends_);
   const auto slot = static_cast<std::int32_t>(holding.slot);
@@ -1535,6 +1537,7 @@ bool BucketTable::Release(const Holding& holding, std::optional<double> actual_s
     if (holding.generation == 0 || entry.generation != holding.generation) return false;
     BucketState& state = entry.state;
     state.active -= std::min<std::int64_t>(state.active, holding.weight);
+    if (canceled) ++state.canceled;
     if (correct && state.drain_per_second >= 0) {
       DrainTo(state, now_us);
       state.debt = std::max(0.0, state.debt + (*actual_seconds - holding.charged_seconds));
@@ -1696,6 +1699,7 @@ std::vector<BucketSnapshot> BucketTable::Snapshot() {
     snapshot.blocked_per_query_limit = state.blocked_per_query_limit;
     snapshot.blocked_server_share = state.blocked_server_share;
     snapshot.blocked_shed = state.blocked_shed;
+    snapshot.canceled = state.canceled;
     snapshot.queued = state.queued;
     snapshot.last_blocked_at_us = state.last_blocked_at_us;
     snapshot.debt_seconds = DrainedDebt(state, now_us);
@@ -1721,6 +1725,7 @@ void BucketTable::ResetCounters() {
     state.admitted = state.warned = state.queued = 0;
     state.blocked_max_concurrent = state.blocked_per_query_limit = state.blocked_server_share = 0;
     state.blocked_shed = 0;
+    state.canceled = 0;
     state.last_blocked_at_us = 0;
   }
 }

@@ -463,12 +463,13 @@ bool tc_admit_if_wait_never_ends(const tc_statement* statement, const int32_t* s
   });
 }
 
-bool tc_release(int64_t holding, double cpu_seconds, bool completed, tc_wakeups* wake) {
+bool tc_release(int64_t holding, double cpu_seconds, bool completed, bool canceled,
+                tc_wakeups* wake) {
   return Guarded([&] {
     ClearWakes();
     std::optional<double> measured;
     if (cpu_seconds >= 0) measured = cpu_seconds;
-    State().controller.Release(holding, measured, completed);
+    State().controller.Release(holding, measured, completed, canceled);
     *wake = Wakeups();
     return true;
   });
@@ -536,6 +537,7 @@ bool tc_budget_status(double server_cores, const tc_budget_status_row** rows, si
       out.blocked_per_query_limit = bucket.blocked_per_query_limit;
       out.blocked_server_share = bucket.blocked_server_share;
       out.blocked_shed = bucket.blocked_shed;
+      out.canceled = bucket.canceled;
       out.queued = bucket.queued;
       out.last_blocked_at_us = bucket.last_blocked_at_us;
       out.shed_until_us = state.controller.ShedUntil(bucket.budget, 0);

@@ -28,6 +28,7 @@ BUDGET_METRICS = [
     "traffic_control_budget_admitted_total",
     "traffic_control_budget_warned_total",
     "traffic_control_budget_queued_total",
+    "traffic_control_budget_canceled_total",
     "traffic_control_budget_shed",
     "traffic_control_budget_shed_until_timestamp_seconds",
     "traffic_control_budget_last_blocked_timestamp_seconds",
@@ -427,6 +428,7 @@ def check_scrape(samples, helps, types, facts, scrape_time):
                     budget=b, each_value=e)
         check_value(samples, "traffic_control_budget_queued_total", 1 if b == "busy" else 0,
                     budget=b, each_value=e)
+        check_value(samples, "traffic_control_budget_canceled_total", 0, budget=b, each_value=e)
         check_value(samples, "traffic_control_budget_active", 1 if b == "busy" else 0,
                     budget=b, each_value=e)
         check_value(samples, "traffic_control_budget_debt_seconds", 0, budget=b, each_value=e)
