@@ -4,7 +4,7 @@
 # (docs/testing.md#fuzzing). One line per target: executions, coverage,
 # findings. Exits non-zero when any target finds a crash, a leak, a timeout or
 # an out-of-memory, leaving the input that caused it under
-# build/fuzz/artifacts/<target>/ (the path is printed).
+# build/fuzz/artifacts/run-<time>-<pid>/<target>/ (the path is printed).
 #
 #   test/fuzz/run_fuzzers.sh [--seconds N] [--jobs N] [TARGET...]
 #
@@ -46,7 +46,14 @@ cmake -S . -B "$BUILD" -DCMAKE_CXX_COMPILER="$CXX_COMPILER" -DTC_BUILD_FUZZERS=O
 cmake --build "$BUILD" -j2 --target "${TARGETS[@]/%/_fuzz}" >/dev/null
 
 WORK="$(mktemp -d /tmp/tc_fuzz.XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
+# Findings of this run only, kept after it (build/ is not in git); a run
+# beside this one has its own.
+ARTIFACTS="$TC_ROOT/$BUILD/artifacts/run-$(date +%Y%m%d-%H%M%S)-$$"
+cleanup() {
+  rm -rf "$WORK"
+  find "$ARTIFACTS" -depth -type d -empty -delete 2>/dev/null || true
+}
+trap cleanup EXIT
 export UBSAN_OPTIONS="print_stacktrace=1"
 
 # Runs one target; its output goes to $WORK/NAME.log, its status to
@@ -56,8 +63,7 @@ run_target() {
   # A copy: libFuzzer adds every new input to its first corpus directory, and
   # the committed seeds must stay as they are.
   cp -r "test/fuzz/corpus/$name" "$WORK/corpus-$name"
-  artifacts="$TC_ROOT/$BUILD/artifacts/$name"
-  rm -rf "$artifacts"
+  artifacts="$ARTIFACTS/$name"
   mkdir -p "$artifacts"
   case "$name" in
     sqlcommenter) dict=test/fuzz/dict/sqlcommenter.dict ;;
@@ -97,12 +103,13 @@ for name in "${TARGETS[@]}"; do
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   # The last status line ("#N DONE cov: C ft: F corp: K/S ...", or the last
   # NEW/pulse line of a run that stopped early).
-  last="$(grep -E '^#[0-9]+' "$log" | grep ' cov: ' | tail -n 1)"
+  # (None when the first seed crashed.)
+  last="$(grep -E '^#[0-9]+.* cov: ' "$log" | tail -n 1 || true)"
   cov="$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")"
   ft="$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")"
   corp="$(sed -n 's/.* corp: \([0-9]*\).*/\1/p' <<<"$last")"
   seeds="$(find "test/fuzz/corpus/$name" -type f | wc -l)"
-  findings=("$TC_ROOT/$BUILD/artifacts/$name"/*)
+  findings=("$ARTIFACTS/$name"/*)
   if [ ! -e "${findings[0]}" ]; then findings=(); fi
   printf '%-13s %10s runs, cov %5s, ft %6s, corpus %3s seeds -> %5s, findings %d\n' \
     "$name" "${runs:-?}" "${cov:-?}" "${ft:-?}" "$seeds" "${corp:-?}" "${#findings[@]}"
