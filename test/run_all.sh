@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): installs the Debian packages it needs, builds the
-# core and the extension, and runs every suite: GoogleTest (ctest), pg_regress
+# core and the extension, and runs every suite: GoogleTest (ctest), the same
+# under ASan+UBSan, the libFuzzer targets for a short while, pg_regress
 # and isolation specs on a throwaway cluster with the library preloaded, the
 # TAP tests (terminate, disconnect, crash-restart), the client-driver tests and
 # the Prometheus exporter test.
@@ -56,9 +57,48 @@ cmake --build build/core -j2 >/dev/null
 set +e
 (cd build/core && ctest -j2 --output-on-failure) | tee "$WORK/ctest.log" | tail -n 25
 set -e
-ctest_total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$WORK/ctest.log")
-ctest_failed=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$WORK/ctest.log")
-record "GoogleTest" "$(( ${ctest_total:-0} - ${ctest_failed:-0} ))" "${ctest_failed:-1}"
+record_ctest() {  # record_ctest SUITE LOG: from ctest's "N tests failed out of M"
+  local total failed
+  total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$2")
+  failed=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$2")
+  record "$1" "$(( ${total:-0} - ${failed:-0} ))" "${failed:-1}"
+}
+record_ctest "GoogleTest" "$WORK/ctest.log"
+
+# ---- GoogleTest under ASan+UBSan (docs/testing.md#sanitizers) -------------
+# The same suite, core included, built with gcc's AddressSanitizer and
+# UndefinedBehaviorSanitizer in build/sanitize; any report fails its test.
+tc_log "GoogleTest under ASan+UBSan"
+set +e
+test/scripts/sanitized_gtest.sh >"$WORK/sanitize.log" 2>&1
+sanitize_status=$?
+set -e
+grep -v -E '^ *(Start +[0-9]+:|[0-9]+/[0-9]+ Test +#[0-9]+: .* Passed)' "$WORK/sanitize.log" | tail -n 60
+record_ctest "GoogleTest-ASan+UBSan" "$WORK/sanitize.log"
+# A failed build has no ctest line and counts as one failure (record_ctest);
+# a sanitizer report that failed no test (sanitized_gtest.sh checks) as another.
+if [ "$sanitize_status" -ne 0 ] && grep -q ' 0 tests failed out of' "$WORK/sanitize.log"; then
+  record "GoogleTest-ASan+UBSan-reports" 0 1
+fi
+
+# ---- fuzzing (docs/testing.md#fuzzing) ------------------------------------
+# Each libFuzzer target of test/fuzz for TC_FUZZ_SECONDS on a copy of its
+# seeds, two at a time (a core each: nothing else runs now); a crash, leak,
+# timeout or broken invariant fails it (the input is kept in
+# build/fuzz/artifacts/). One result per target.
+FUZZ_SECONDS="${TC_FUZZ_SECONDS:-45}"
+tc_log "fuzzing ($FUZZ_SECONDS s per target)"
+set +e
+test/fuzz/run_fuzzers.sh --seconds "$FUZZ_SECONDS" --jobs 2 >"$WORK/fuzz.log" 2>&1
+fuzz_status=$?
+set -e
+cat "$WORK/fuzz.log"
+fuzz_passed=$(sed -n 's/^fuzzing: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$WORK/fuzz.log")
+fuzz_failed=$(sed -n 's/^fuzzing: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p' "$WORK/fuzz.log")
+fuzz_passed=${fuzz_passed:-0}
+fuzz_failed=${fuzz_failed:-0}
+if [ "$fuzz_status" -ne 0 ] && [ "$fuzz_failed" -eq 0 ]; then fuzz_failed=1; fi  # build failed
+record "fuzzing" "$fuzz_passed" "$fuzz_failed"
 
 # ---- the extension, a cluster --------------------------------------------
 tc_build_and_install

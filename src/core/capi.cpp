@@ -267,6 +267,11 @@ double tc_cgroup_cpu_quota(void) {
   return cores;
 }
 
+}  // extern "C"
+
+// Helpers of the entry points below, outside extern "C": a function declared
+// inside it has C language linkage even in an anonymous namespace, and clang
+// rejects one that returns a C++ type (-Wreturn-type-c-linkage).
 namespace {
 
 std::size_t AlignUp(std::size_t size) { return (size + 63) & ~static_cast<std::size_t>(63); }
@@ -307,6 +312,8 @@ Spans SpansOf(void* memory, int max_buckets, int max_patterns, int max_backends)
 }
 
 }  // namespace
+
+extern "C" {
 
 size_t tc_shared_size(int max_buckets, int max_patterns, int max_backends) {
   size_t size = 0;

@@ -10,7 +10,7 @@ tc_log() { printf '\n==> %s\n' "$*"; }
 tc_install_dependencies() {
   local packages=(g++ make cmake pkg-config postgresql-15 postgresql-server-dev-15
     nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev
-    libbenchmark-dev libkrb5-dev libipc-run-perl "$@")
+    libbenchmark-dev libkrb5-dev libipc-run-perl clang-14 libfuzzer-14-dev "$@")
   local missing=()
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
