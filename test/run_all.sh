@@ -86,7 +86,7 @@ fi
 # seeds, two at a time (a core each: nothing else runs now); a crash, leak,
 # timeout or broken invariant fails it (the input is kept in
 # build/fuzz/artifacts/). One result per target.
-FUZZ_SECONDS="${TC_FUZZ_SECONDS:-45}"
+FUZZ_SECONDS="${TC_FUZZ_SECONDS:-30}"
 tc_log "fuzzing ($FUZZ_SECONDS s per target)"
 set +e
 test/fuzz/run_fuzzers.sh --seconds "$FUZZ_SECONDS" --jobs 2 >"$WORK/fuzz.log" 2>&1

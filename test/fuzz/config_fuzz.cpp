@@ -102,6 +102,7 @@ struct BudgetsKind {
           {"cpu_priority",
            b.cpu_priority == tc::kCpuPriorityIdle ? Json("idle") : Json(b.cpu_priority)},
           {"max_parallel_workers", Optional(b.max_parallel_workers)},
+          {"max_duration_ms", Optional(b.max_duration_ms)},
       });
     }
     return document;
@@ -112,7 +113,8 @@ struct BudgetsKind {
            a.burst_limit == b.burst_limit && a.per_query_limit == b.per_query_limit &&
            a.max_concurrent == b.max_concurrent && a.warning_threshold == b.warning_threshold &&
            a.queue_timeout_ms == b.queue_timeout_ms && a.cpu_priority == b.cpu_priority &&
-           a.max_parallel_workers == b.max_parallel_workers;
+           a.max_parallel_workers == b.max_parallel_workers &&
+           a.max_duration_ms == b.max_duration_ms;
   }
 
   static Item Sentinel() {
@@ -175,9 +177,22 @@ struct RulesKind {
     Json document = Json::array();
     for (const tc::Rule& r : rules) {
       Json match = Json::object();
-      for (const tc::Condition& c : r.match) match[c.key] = c.values;
+      for (const tc::Condition& c : r.match) {
+        switch (c.kind) {
+          case tc::MatchKind::kAnyOf:
+            match[c.key] = c.values;
+            break;
+          case tc::MatchKind::kNoneOf:
+            match[c.key] = {{"not", c.values}};
+            break;
+          case tc::MatchKind::kPrefix:
+            match[c.key] = {{"prefix", c.values}};
+            break;
+        }
+      }
       Json item = {{"name", r.name}, {"budget", r.budget}, {"match", match}};
       if (r.each) item["each"] = *r.each;
+      if (r.is_default) item["default"] = true;
       document.push_back(item);
     }
     return document;
@@ -185,11 +200,14 @@ struct RulesKind {
 
   static bool Same(const Item& a, const Item& b) {
     if (a.name != b.name || a.budget != b.budget || a.each != b.each ||
-        a.match.size() != b.match.size()) {
+        a.is_default != b.is_default || a.match.size() != b.match.size()) {
       return false;
     }
     for (std::size_t i = 0; i < a.match.size(); ++i) {
-      if (a.match[i].key != b.match[i].key || a.match[i].values != b.match[i].values) return false;
+      if (a.match[i].key != b.match[i].key || a.match[i].values != b.match[i].values ||
+          a.match[i].kind != b.match[i].kind) {
+        return false;
+      }
     }
     return true;
   }

@@ -82,15 +82,31 @@ class ReferenceMatcher {
     return false;
   }
 
-  bool RuleHolds(std::size_t r, const tc::Metadata& metadata) const {
+  // Its conditions and its `each` key hold, whatever its budget.
+  bool ConditionsHold(std::size_t r, const tc::Metadata& metadata) const {
     const tc::Rule& rule = rules_[r];
-    std::uint32_t budget = 0;
-    if (!BudgetOf(rule, &budget)) return false;
     if (rule.each && metadata.Find(*rule.each) == nullptr) return false;
     for (const tc::Condition& condition : rule.match) {
       if (!ConditionHolds(condition, metadata)) return false;
     }
     return true;
+  }
+
+  // Some non-default rule holds (its budget may be off or unknown): default
+  // rules then do not apply.
+  bool OtherRuleHolds(const tc::Metadata& metadata) const {
+    for (std::size_t r = 0; r < rules_.size(); ++r) {
+      if (!rules_[r].is_default && ConditionsHold(r, metadata)) return true;
+    }
+    return false;
+  }
+
+  bool RuleHolds(std::size_t r, const tc::Metadata& metadata) const {
+    const tc::Rule& rule = rules_[r];
+    std::uint32_t budget = 0;
+    if (!BudgetOf(rule, &budget)) return false;
+    if (!ConditionsHold(r, metadata)) return false;
+    return !rule.is_default || !OtherRuleHolds(metadata);
   }
 
   std::vector<tc::BudgetMatch> Match(const tc::Metadata& metadata) const {
@@ -124,20 +140,38 @@ class ReferenceMatcher {
     return {m.budget_index, m.has_instance, m.instance};
   }
 
+  // ruleset.hpp / config.hpp: any of the values, none of them (an absent key
+  // satisfies "not"), or starting with one; member_of may repeat in the
+  // metadata; remote_address compares as an address.
   static bool ConditionHolds(const tc::Condition& condition, const tc::Metadata& metadata) {
-    const std::string* value = metadata.Find(condition.key);
-    if (value == nullptr) return false;
-    if (condition.key != "remote_address") {
-      for (const std::string& wanted : condition.values) {
-        if (wanted == *value) return true;
+    bool found = false;
+    if (condition.key == "remote_address") {
+      const std::string* value = metadata.Find(condition.key);
+      tc::IpPrefix address;
+      if (value != nullptr && tc::ParseIpPrefix(*value, &address)) {
+        for (const std::string& wanted : condition.values) {
+          tc::IpPrefix network;
+          found = found ||
+                  (tc::ParseIpPrefix(wanted, &network) && tc::PrefixContains(network, address));
+        }
       }
-      return false;
+    } else if (condition.key == "member_of") {
+      for (const auto& item : metadata) {
+        if (item.first == condition.key && ValueIn(condition, item.second)) found = true;
+      }
+    } else {
+      const std::string* value = metadata.Find(condition.key);
+      found = value != nullptr && ValueIn(condition, *value);
     }
-    tc::IpPrefix address;
-    if (!tc::ParseIpPrefix(*value, &address)) return false;
+    return condition.kind == tc::MatchKind::kNoneOf ? !found : found;
+  }
+
+  static bool ValueIn(const tc::Condition& condition, const std::string& value) {
     for (const std::string& wanted : condition.values) {
-      tc::IpPrefix network;
-      if (tc::ParseIpPrefix(wanted, &network) && tc::PrefixContains(network, address)) return true;
+      if (condition.kind == tc::MatchKind::kPrefix ? value.compare(0, wanted.size(), wanted) == 0
+                                                   : value == wanted) {
+        return true;
+      }
     }
     return false;
   }
