@@ -39,9 +39,9 @@ static volatile sig_atomic_t duration_armed = false;
 static volatile sig_atomic_t duration_fired = false;
 /* The fired cancel has been reported with the budget's text (once). */
 static bool cancel_reported = false;
-/* The cancel's text, client-safe, in TopMemoryContext. */
-static char *cancel_message = NULL;
-static char *cancel_detail = NULL;
+/* The cancel's text, client-safe (copied at every arming: no allocation). */
+static char cancel_message[1024];
+static char cancel_detail[1024];
 
 static void
 duration_timeout_handler(void)
@@ -55,11 +55,9 @@ duration_timeout_handler(void)
 }
 
 static void
-remember_text(char **slot, const char *text)
+remember_text(char *slot, size_t size, const char *text)
 {
-	if (*slot != NULL)
-		pfree(*slot);
-	*slot = MemoryContextStrdup(TopMemoryContext, text != NULL ? client_safe(text) : "");
+	strlcpy(slot, text != NULL ? client_safe(text) : "", size);
 }
 
 bool
@@ -72,8 +70,8 @@ arm_max_duration(int64 after_ms, const tc_report *cancel)
 		duration_timeout = RegisterTimeout(USER_TIMEOUT, duration_timeout_handler);
 		duration_timeout_registered = true;
 	}
-	remember_text(&cancel_message, cancel->message);
-	remember_text(&cancel_detail, cancel->detail);
+	remember_text(cancel_message, sizeof(cancel_message), cancel->message);
+	remember_text(cancel_detail, sizeof(cancel_detail), cancel->detail);
 	duration_fired = false;
 	cancel_reported = false;
 	duration_armed = true;
@@ -123,7 +121,7 @@ bool
 rewrite_duration_cancel(ErrorData *edata)
 {
 	if (!duration_fired || cancel_reported || edata->elevel != ERROR ||
-		edata->sqlerrcode != ERRCODE_QUERY_CANCELED || cancel_message == NULL)
+		edata->sqlerrcode != ERRCODE_QUERY_CANCELED || cancel_message[0] == '\0')
 		return false;
 	cancel_reported = true;
 	/* elog.c frees these with the error, in ErrorContext (current here). */

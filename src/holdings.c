@@ -165,8 +165,12 @@ record_max_duration(const tc_admission *admission)
 	TcHeld	   *record = &held[held_count - 1];
 
 	if (admission->cancel_after_ms > 0)
+	{
 		record->owns_duration_timer =
 			arm_max_duration(admission->cancel_after_ms, &admission->duration_cancel);
+		if (record->owns_duration_timer && !record->measured)
+			record->started = GetCurrentTimestamp();
+	}
 	if (admission->warn_after_ms > 0)
 	{
 		record->warn_after_ms = admission->warn_after_ms;
@@ -252,6 +256,7 @@ release_record(int index, bool completed)
 	TcHeld		record = held[index];
 	tc_wakeups	wake;
 	bool		canceled;
+	double		cpu;
 
 	/* Forget the record first: whatever happens next, it is released once. */
 	held[index] = held[held_count - 1];
@@ -263,8 +268,17 @@ release_record(int index, bool completed)
 		finish_duration(&record, completed);
 	if (record.token == 0)
 		return;
-	if (tc_release(record.token, cpu_used(&record), completed && record.ran_whole, canceled,
-				   &wake))
+	cpu = cpu_used(&record);
+	if (canceled && cpu < 0 && record.started != 0)
+	{
+		/*
+		 * A cheap-looking statement that was not sampled (see statement.c)
+		 * and ran until max_duration_ms canceled it: its running time is
+		 * charged, at most what one process can have used.
+		 */
+		cpu = (double) (GetCurrentTimestamp() - record.started) / USECS_PER_SEC;
+	}
+	if (tc_release(record.token, cpu, completed && record.ran_whole, canceled, &wake))
 		wake_backends(&wake);
 	else
 		elog(WARNING, "%s", tc_last_error());

@@ -555,11 +555,9 @@ admit_statement(const TcStatementToAdmit *what, QueryDesc *query, int utility_le
 	if (admission.holding != 0 || admission.cpu_priority > 0 ||
 		admission.cancel_after_ms > 0 || admission.warn_after_ms > 0)
 	{
-		/* One that max_duration_ms may cancel is charged what it used. */
 		record_holding(admission.holding, query, utility_level,
 					   admission.measure_cpu &&
-					   (admission.cancel_after_ms > 0 ||
-						worth_measuring(admission.predicted_seconds, statement.wall_now_us)),
+					   worth_measuring(admission.predicted_seconds, statement.wall_now_us),
 					   admission.cpu_priority);
 		if (admission.cancel_after_ms > 0 || admission.warn_after_ms > 0)
 			record_max_duration(&admission);

@@ -335,7 +335,11 @@ class AdmissionController {
   void ResolveShed();
   // Adds matches_[index]'s max_duration_ms to an admitted decision when it
   // is the earliest of its kind (cancel for enforce, warning for warn).
-  void NoteMaxDuration(std::size_t index, std::string_view prefix, Decision* decision) const;
+  void NoteMaxDuration(std::size_t index, std::string_view prefix, Decision* decision);
+  // NoteMaxDuration's reports, per match of matches_ (empty message: not yet
+  // formatted), for message prefix duration_prefix_.
+  std::vector<Report> duration_reports_;
+  std::string duration_prefix_;
   struct KnownInstance {
     std::uint64_t key_hash = 0;
     std::uint32_t slot = AdmissionRequest::kNoHint;

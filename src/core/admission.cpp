@@ -71,6 +71,7 @@ void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> pro
   rules_ = std::move(rules);
   problems_ = std::move(problems);
   matched_metadata_valid_ = false;
+  duration_reports_.clear();
   rule_slots_.assign(rules_.rules().size(), kUnresolved);
   pending_counts_.assign(rule_slots_.size(), 0);
   history_slots_.assign(rules_.budgets().size(), kUnresolved);
@@ -135,6 +136,8 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
   if (!matched_metadata_valid_ || !(metadata_ == matched_metadata_)) {
     FoldRepeats();                    // they are counts of the old matches_
     matched_metadata_valid_ = false;  // until matches_ and the rest agree again
+    duration_reports_.clear();        // they were the old matches'
+
     matches_.clear();
     match_instances_.clear();
     rules_.Match(metadata_, &matches_);
@@ -550,22 +553,37 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
 }
 
 void AdmissionController::NoteMaxDuration(std::size_t index, std::string_view prefix,
-                                          Decision* decision) const {
+                                          Decision* decision) {
   const BudgetMatch& match = matches_[index];
   const Budget& budget = rules_.budgets()[match.budget_index];
   const bool cancel = budget.mode == Mode::kEnforce;
   std::int64_t& after = cancel ? decision->cancel_after_ms : decision->warn_after_ms;
   if (after != 0 && after <= *budget.max_duration_ms) return;  // an earlier one applies
   after = *budget.max_duration_ms;
-  const Rule& rule = rules_.rules()[match.rule_index];
-  VerdictContext context;
-  context.prefix = prefix;
-  context.budget = &budget;
-  context.rule = rule.name;
-  if (match.has_instance && rule.each) context.each_key = *rule.each;
-  context.instance = match.instance;
-  (cancel ? decision->duration_cancel : decision->duration_warning) =
-      FormatDurationExceeded(context, cancel);
+  // Formatted once per match (a backend's statements mostly share theirs),
+  // then copied into the decision's strings, whose capacity is reused.
+  if (duration_reports_.size() != matches_.size() || duration_prefix_ != prefix) {
+    duration_reports_.assign(matches_.size(), Report{});
+    duration_prefix_.assign(prefix.data(), prefix.size());
+  }
+  Report& report = duration_reports_[index];
+  if (report.message.empty()) {
+    const Rule& rule = rules_.rules()[match.rule_index];
+    VerdictContext context;
+    context.prefix = prefix;
+    context.budget = &budget;
+    context.rule = rule.name;
+    if (match.has_instance && rule.each) context.each_key = *rule.each;
+    context.instance = match.instance;
+    report = FormatDurationExceeded(context, cancel);
+  }
+  Report& out = cancel ? decision->duration_cancel : decision->duration_warning;
+  out.message = report.message;
+  out.detail = report.detail;
+  out.hint = report.hint;
+  out.budget = report.budget;
+  out.rule = report.rule;
+  out.limit = report.limit;
 }
 
 std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,

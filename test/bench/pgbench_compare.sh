@@ -37,7 +37,8 @@ stop_all() {
 trap stop_all EXIT
 
 # Arm C's 1,000 budgets and rules (the same as callgrind_statement.sh).
-python3 "$TC_ROOT/test/bench/thousand_rules.py" >"$WORK/rules.conf"
+# TC_BENCH_CPU_PRIORITY (default 1; 0 leaves cpu_priority out of arm C).
+python3 "$TC_ROOT/test/bench/thousand_rules.py" --cpu-priority "${TC_BENCH_CPU_PRIORITY:-1}" >"$WORK/rules.conf"
 
 # One cluster with the pgbench data, copied three times, so the arms differ
 # only in their configuration (none of them is the original).
