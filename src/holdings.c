@@ -187,17 +187,16 @@ record_max_duration(const tc_admission *admission)
 /*
  * A statement of a warn budget with max_duration_ms that ran to its end
  * and took longer gets the NOTICE the budget would have canceled it with.
+ * Called after its slots are given back: a NOTICE can fail.
  */
 static void
-finish_duration(TcHeld *record, bool completed)
+warn_if_ran_too_long(TcHeld *record, bool completed)
 {
-	if (record->owns_duration_timer)
-		disarm_max_duration();
-	if (record->duration_warning == NULL)
-		return;
-	if (completed &&
+	bool		too_long = completed &&
 		TimestampDifferenceExceeds(record->started, GetCurrentTimestamp(),
-								   (int) Min(record->warn_after_ms, (int64) PG_INT32_MAX)))
+								   (int) Min(record->warn_after_ms, (int64) PG_INT32_MAX));
+
+	if (too_long)
 		ereport(NOTICE,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg_internal("%s", record->duration_warning),
@@ -264,24 +263,28 @@ release_record(int index, bool completed)
 	if (record.cpu_priority > 0)
 		apply_held_priority();
 	canceled = !completed && record.owns_duration_timer && duration_cancel_fired();
-	if (record.owns_duration_timer || record.duration_warning != NULL)
-		finish_duration(&record, completed);
-	if (record.token == 0)
-		return;
-	cpu = cpu_used(&record);
-	if (canceled && cpu < 0 && record.started != 0)
+	if (record.owns_duration_timer)
+		disarm_max_duration();
+	if (record.token != 0)
 	{
-		/*
-		 * A cheap-looking statement that was not sampled (see statement.c)
-		 * and ran until max_duration_ms canceled it: its running time is
-		 * charged, at most what one process can have used.
-		 */
-		cpu = (double) (GetCurrentTimestamp() - record.started) / USECS_PER_SEC;
+		cpu = cpu_used(&record);
+		if (canceled && cpu < 0 && record.started != 0)
+		{
+			/*
+			 * A cheap-looking statement that was not sampled (see
+			 * statement.c) and ran until max_duration_ms canceled it: its
+			 * running time is charged, at most what one process can have
+			 * used.
+			 */
+			cpu = (double) (GetCurrentTimestamp() - record.started) / USECS_PER_SEC;
+		}
+		if (tc_release(record.token, cpu, completed && record.ran_whole, canceled, &wake))
+			wake_backends(&wake);
+		else
+			elog(WARNING, "%s", tc_last_error());
 	}
-	if (tc_release(record.token, cpu, completed && record.ran_whole, canceled, &wake))
-		wake_backends(&wake);
-	else
-		elog(WARNING, "%s", tc_last_error());
+	if (record.duration_warning != NULL)
+		warn_if_ran_too_long(&record, completed);
 }
 
 void
