@@ -44,7 +44,9 @@ CREATE FUNCTION @extschema@.budget_status(
     OUT server_share float8,
     OUT burst_limit float8,
     OUT utilization_pct float8,
-    OUT canceled bigint)
+    OUT canceled bigint,
+    OUT cpu_seconds float8,
+    OUT quarantined bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'traffic_control_budget_status_1_1'
 LANGUAGE C STRICT VOLATILE;
@@ -56,3 +58,23 @@ REVOKE ALL ON @extschema@.budget_status FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.budget_status() FROM PUBLIC;
 GRANT SELECT ON @extschema@.budget_status TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION @extschema@.budget_status() TO pg_read_all_stats;
+
+-- ---- quarantine: patterns refused for quarantine_s after a cancel or refusal --
+CREATE FUNCTION @extschema@.quarantine(
+    OUT query_id bigint,
+    OUT budget text,
+    OUT until timestamptz,
+    OUT reason text,
+    OUT role name,
+    OUT database name)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'traffic_control_quarantine_1_1'
+LANGUAGE C STRICT VOLATILE;
+
+CREATE VIEW @extschema@.quarantine AS
+  SELECT * FROM @extschema@.quarantine();
+
+REVOKE ALL ON @extschema@.quarantine FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.quarantine() FROM PUBLIC;
+GRANT SELECT ON @extschema@.quarantine TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION @extschema@.quarantine() TO pg_read_all_stats;

@@ -66,6 +66,11 @@ typedef struct TcHeld
 	TimestampTz started;		/* when it was admitted (with warn_after_ms) */
 	char	   *duration_warning;	/* the NOTICE and its DETAIL (TopMemoryContext) */
 	char	   *duration_warning_detail;
+	/* Canceled by max_duration_ms: quarantine its pattern in this budget. */
+	double		quarantine_s;	/* 0: no quarantine */
+	char		quarantine_budget[TC_SHED_NAME_BYTES];
+	uint64		query_id;
+	Oid			user_id;
 } TcHeld;
 
 static TcHeld *held = NULL;
@@ -121,6 +126,7 @@ append_record(int64 token, QueryDesc *query, int utility_level)
 	record->warn_after_ms = 0;
 	record->started = 0;
 	record->duration_warning = record->duration_warning_detail = NULL;
+	record->quarantine_s = 0;
 	return record;
 }
 
@@ -160,7 +166,7 @@ record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cp
 }
 
 void
-record_max_duration(const tc_admission *admission)
+record_max_duration(const tc_admission *admission, uint64 query_id)
 {
 	TcHeld	   *record = &held[held_count - 1];
 
@@ -170,6 +176,14 @@ record_max_duration(const tc_admission *admission)
 			arm_max_duration(admission->cancel_after_ms, &admission->duration_cancel);
 		if (record->owns_duration_timer && !record->measured)
 			record->started = GetCurrentTimestamp();
+		if (record->owns_duration_timer && admission->cancel_quarantine_s > 0 && query_id != 0)
+		{
+			record->quarantine_s = admission->cancel_quarantine_s;
+			strlcpy(record->quarantine_budget, admission->duration_cancel.budget,
+					sizeof(record->quarantine_budget));
+			record->query_id = query_id;
+			record->user_id = GetUserId();
+		}
 	}
 	if (admission->warn_after_ms > 0)
 	{
@@ -283,6 +297,9 @@ release_record(int index, bool completed)
 		else
 			elog(WARNING, "%s", tc_last_error());
 	}
+	if (canceled && record.quarantine_s > 0)
+		quarantine_pattern(record.quarantine_budget, record.quarantine_s,
+						   TC_QUARANTINE_MAX_DURATION, record.query_id, record.user_id);
 	if (record.duration_warning != NULL)
 		warn_if_ran_too_long(&record, completed);
 }

@@ -118,6 +118,7 @@ maybe_reload_config(void)
 	bool		first_to_report;
 
 	sync_shed_list();			/* one atomic read unless a shed changed */
+	sync_quarantine_list();		/* the same for quarantined patterns */
 	if (!config_dirty)
 		return;
 	config_dirty = false;

@@ -22,6 +22,8 @@
  *   other. No lock.
  * - TcShared.mutex (below) also guards priority_warning_logged and the
  *   list of shed budgets (src/shed.c), which is copied under it.
+ * - TcShared.quarantine_mutex guards the list of quarantined patterns
+ *   (src/quarantine.c) the same way.
  * - AddinShmemInitLock is held while the shared segment is created, as in
  *   pg_stat_statements. A crash-restart creates and formats it anew.
  */
@@ -98,6 +100,7 @@ tc_shmem_startup(void)
 		tc_shared->log_suppressed = 0;
 		tc_shared->priority_warning_logged = false;
 		init_shed_list();
+		init_quarantine_list();
 		for (int i = 0; i < MaxBackends; i++)
 		{
 			pg_atomic_init_u64(&tc_shared->backends[i].worker_cpu_ns, 0);

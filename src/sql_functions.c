@@ -57,7 +57,7 @@ PG_FUNCTION_INFO_V1(traffic_control_explain_1_0);
 PG_FUNCTION_INFO_V1(traffic_control_reset_1_0);
 
 #define BUDGET_STATUS_COLUMNS 13
-#define BUDGET_STATUS_COLUMNS_1_1 21
+#define BUDGET_STATUS_COLUMNS_1_1 23
 #define RULE_STATUS_COLUMNS 4
 #define PATTERN_ESTIMATES_COLUMNS 5
 #define VIOLATION_HISTORY_COLUMNS 7
@@ -151,7 +151,7 @@ valid_text_datum(const char *bytes, size_t len)
 }
 
 /* Unix-epoch microseconds (0 = never) as timestamptz. */
-static bool
+bool
 unix_us_to_timestamptz(int64 unix_us, TimestampTz *result)
 {
 	if (unix_us <= 0)
@@ -166,9 +166,9 @@ unix_us_to_timestamptz(int64 unix_us, TimestampTz *result)
 
 /*
  * The rows of budget_status: the 1.0 columns, and with `v1_1` the columns
- * 1.1 appends (blocked_shed, shed_until, the configured limits and
- * utilization_pct). `blocked` counts every refusal:
- * in 1.1 those of a shed too.
+ * 1.1 appends (blocked_shed, shed_until, the configured limits,
+ * utilization_pct, canceled, cpu_seconds, quarantined). `blocked` counts
+ * every refusal: in 1.1 those of a shed and of a quarantine too.
  */
 static void
 budget_status_rows(FunctionCallInfo fcinfo, bool v1_1)
@@ -196,7 +196,8 @@ budget_status_rows(FunctionCallInfo fcinfo, bool v1_1)
 
 		memset(nulls, 0, sizeof(nulls));
 		blocked = row->blocked_max_concurrent + row->blocked_per_query_limit +
-			row->blocked_server_share + (v1_1 ? row->blocked_shed : 0);
+			row->blocked_server_share +
+			(v1_1 ? row->blocked_shed + row->blocked_quarantined : 0);
 
 		values[c++] = CStringGetTextDatum(row->budget);
 		if (row->instance != NULL)
@@ -241,6 +242,8 @@ budget_status_rows(FunctionCallInfo fcinfo, bool v1_1)
 			values[c] = Float8GetDatum(row->utilization_pct);
 			nulls[c++] = !row->has_utilization;
 			values[c++] = counter_datum(row->canceled);
+			values[c++] = Float8GetDatum(row->cpu_seconds);
+			values[c++] = counter_datum(row->blocked_quarantined);
 		}
 		Assert(c == columns);
 

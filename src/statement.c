@@ -560,8 +560,12 @@ admit_statement(const TcStatementToAdmit *what, QueryDesc *query, int utility_le
 					   worth_measuring(admission.predicted_seconds, statement.wall_now_us),
 					   admission.cpu_priority);
 		if (admission.cancel_after_ms > 0 || admission.warn_after_ms > 0)
-			record_max_duration(&admission);
+			record_max_duration(&admission, what->query_id);
 	}
+	/* Before the refusal is raised: the pattern is not to run again soon. */
+	for (int i = 0; i < admission.quarantine_count; i++)
+		quarantine_pattern(admission.quarantine[i].budget, admission.quarantine[i].seconds,
+						   TC_QUARANTINE_PER_QUERY_LIMIT, what->query_id, GetUserId());
 	report_admission(&admission);
 	return Min(admission.parallel_workers, what->workers);
 }

@@ -19,6 +19,7 @@
  *   sql_functions.c  the SQL interface (views, explain, reset)
  *   shed.c           shed() and unshed(): the shared list of shed budgets
  *   duration.c       max_duration_ms: the timer that cancels a statement
+ *   quarantine.c     quarantine_s: the shared list of quarantined patterns
  * All decisions are made by the C++ core behind traffic_control/capi.h.
  *
  * These names are internal to the library: hidden from the dynamic symbol
@@ -36,6 +37,7 @@
 #include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
+#include "datatype/timestamp.h"
 
 #include "traffic_control/capi.h"
 
@@ -96,6 +98,23 @@ extern TC_INTERNAL void init_shed_list(void);
 /* Gives this backend's core the shared list of shed budgets, if it moved. */
 extern TC_INTERNAL void sync_shed_list(void);
 
+/* ---- quarantine.c ---- */
+
+/* Formats the shared list of quarantined patterns (segment creation). */
+extern TC_INTERNAL void init_quarantine_list(void);
+
+/* Gives this backend's core the shared list, if it moved. */
+extern TC_INTERNAL void sync_quarantine_list(void);
+
+/*
+ * Quarantines the pattern (query_id, the current role, this database) in
+ * `budget` for `seconds` (reason TC_QUARANTINE_*), and logs it. Cleanup
+ * paths call it: it raises no ERROR (a full list drops the entry that ends
+ * first).
+ */
+extern TC_INTERNAL void quarantine_pattern(const char *budget, double seconds, int reason,
+										   uint64 query_id, Oid user_id);
+
 /* ---- settings.c ---- */
 
 typedef enum TcTrack
@@ -153,6 +172,18 @@ typedef struct TcShedEntry
 	int64		until_us;		/* Unix epoch microseconds */
 } TcShedEntry;
 
+/* A pattern quarantined by a budget's quarantine_s (quarantine.c). */
+#define TC_MAX_QUARANTINE 128
+typedef struct TcQuarantineEntry
+{
+	char		budget[TC_SHED_NAME_BYTES];
+	uint64		query_id;
+	Oid			user_id;
+	Oid			database_id;
+	int64		until_us;		/* Unix epoch microseconds */
+	int			reason;			/* TC_QUARANTINE_* */
+} TcQuarantineEntry;
+
 typedef struct TcShared
 {
 	LWLock	   *bucket_lock;	/* protects the bucket table */
@@ -168,6 +199,11 @@ typedef struct TcShared
 	pg_atomic_uint64 shed_version;
 	int			shed_count;
 	TcShedEntry shed[TC_MAX_SHED];
+	/* Quarantined patterns (quarantine.c), as the shed list. */
+	slock_t		quarantine_mutex;
+	pg_atomic_uint64 quarantine_version;
+	int			quarantine_count;
+	TcQuarantineEntry quarantine[TC_MAX_QUARANTINE];
 	Size		core_size;
 	/* the core's tables follow, on a cache line, after: */
 	TcBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];	/* by PGPROC number */
@@ -207,7 +243,7 @@ extern TC_INTERNAL void record_holding(int64 token, QueryDesc *query, int utilit
  * max_duration_ms: arms the cancel timer (unless a statement around it
  * did), keeps a warn budget's NOTICE for when it ends.
  */
-extern TC_INTERNAL void record_max_duration(const tc_admission *admission);
+extern TC_INTERNAL void record_max_duration(const tc_admission *admission, uint64 query_id);
 
 /* Records a cursor opened nested, to be admitted at its first top-level run. */
 extern TC_INTERNAL void record_pending(QueryDesc *query);
@@ -370,5 +406,10 @@ extern TC_INTERNAL void report_admission(const tc_admission *admission);
 
 /* Utility statements that are never admitted themselves. */
 extern TC_INTERNAL bool is_pass_through_utility(Node *statement);
+
+/* ---- sql_functions.c ---- */
+
+/* A Unix-epoch microsecond time as a timestamptz; false for 0 (never) or out of range. */
+extern TC_INTERNAL bool unix_us_to_timestamptz(int64 unix_us, TimestampTz *result);
 
 #endif							/* TRAFFIC_CONTROL_SHIM_H */

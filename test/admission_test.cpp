@@ -717,5 +717,153 @@ TEST_F(AdmissionTest, AdmittedStatementsCarryTheirMaxDuration) {
   controller_.ReleaseAll();
 }
 
+// quarantine_s: a per_query_limit refusal asks the caller to quarantine the
+// pattern in every enforce budget with quarantine_s that refused it; a warn
+// budget's warning asks nothing.
+TEST_F(AdmissionTest, APerQueryLimitRefusalAsksForAQuarantine) {
+  Configure(R"([{"name":"q","mode":"enforce","per_query_limit":0.5,"quarantine_s":30},
+                {"name":"plain","mode":"enforce","per_query_limit":0.5},
+                {"name":"watch","mode":"warn","per_query_limit":0.5,"quarantine_s":30}])",
+            R"([{"budget":"q","match":{"app":"reports"}},
+                {"budget":"plain","match":{"app":"reports"}},
+                {"budget":"watch","match":{"app":"watched"}}])");
+  auto statement = Statement("SELECT * FROM big /*app='reports'*/");
+  Decision first = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(first.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_TRUE(first.quarantine.empty());
+  controller_.Release(first.holding, 3.0, /*completed=*/true);  // learned: 3 CPU-s
+
+  const Decision refused = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(refused.outcome, Decision::Outcome::kRefused);
+  ASSERT_EQ(refused.quarantine.size(), 1u);
+  EXPECT_EQ(refused.quarantine[0].budget, "q");
+  EXPECT_EQ(refused.quarantine[0].seconds, 30);
+
+  const Decision warned =
+      controller_.Admit(Statement("SELECT * FROM big /*app='watched'*/"), AttemptKind::kFinal);
+  ASSERT_EQ(warned.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(warned.notices.size(), 1u);
+  EXPECT_TRUE(warned.quarantine.empty());
+  controller_.ReleaseAll();
+}
+
+// A quarantined pattern is refused by its budget, and only its pattern (the
+// same query id of the same role and database), until the quarantine ends,
+// while the budget keeps quarantine_s; counted in blocked_quarantined.
+TEST_F(AdmissionTest, AQuarantinedPatternIsRefusedUntilTheQuarantineEnds) {
+  Configure(R"([{"name":"q","mode":"enforce","max_duration_ms":100,"quarantine_s":5}])",
+            R"([{"budget":"q","match":{"app":"reports"}}])");
+  StatementInfo statement = Statement("SELECT pg_sleep(10) /*app='reports'*/");
+  statement.wall_now_us = 1'000'000'000;
+  const Decision admitted = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(admitted.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_EQ(admitted.cancel_after_ms, 100);
+  EXPECT_EQ(admitted.cancel_quarantine_s, 5);
+  controller_.Release(admitted.holding, 0.1, /*completed=*/false, /*canceled=*/true);
+
+  PatternKey pattern;
+  pattern.query_id = 42;
+  pattern.user_id = kUserId;
+  pattern.database_id = kDatabaseId;
+  controller_.SetQuarantine({{"q", pattern, 1'005'000'000, Limit::kNone}});
+
+  statement.wall_now_us = 1'001'000'000;
+  const Decision refused = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(refused.outcome, Decision::Outcome::kRefused);
+  EXPECT_EQ(refused.refusal.message,
+            "[PGINSIGHTS] Traffic Control: query blocked by budget \"q\": quarantined");
+  EXPECT_EQ(refused.refusal.detail,
+            "Rule \"rule1\", predicted cost unknown, pattern quarantined for another 4 s "
+            "(quarantine_s = 5) after a statement of it was canceled by max_duration_ms, "
+            "mode enforce.");
+  EXPECT_EQ(refused.refusal.hint, "retry after 4000 ms");
+  EXPECT_TRUE(refused.quarantine.empty());  // a quarantine refusal starts none
+
+  StatementInfo other_query = statement;
+  other_query.query_id = 43;
+  StatementInfo other_role = statement;
+  other_role.user_id = kUserId + 1;
+  for (const StatementInfo& other : {other_query, other_role}) {
+    const Decision decision = controller_.Admit(other, AttemptKind::kFinal);
+    EXPECT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+    controller_.Release(decision.holding);
+  }
+
+  statement.wall_now_us = 1'005'000'000;  // it has ended
+  const Decision after = controller_.Admit(statement, AttemptKind::kFinal);
+  EXPECT_EQ(after.outcome, Decision::Outcome::kAdmitted);
+  controller_.ReleaseAll();
+
+  const std::vector<BucketSnapshot> buckets = table_->Snapshot();
+  ASSERT_EQ(buckets.size(), 1u);
+  EXPECT_EQ(buckets[0].blocked_quarantined, 1u);
+  EXPECT_EQ(buckets[0].canceled, 1u);
+}
+
+// A quarantine outlives a new rule set that keeps the budget's quarantine_s
+// and stops applying when the budget no longer has one; a budget switched to
+// warn warns instead of refusing.
+TEST_F(AdmissionTest, AQuarantineFollowsTheBudgetsConfiguration) {
+  PatternKey pattern;
+  pattern.query_id = 42;
+  pattern.user_id = kUserId;
+  pattern.database_id = kDatabaseId;
+  controller_.SetQuarantine({{"q", pattern, 60'000'000, Limit::kPerQueryLimit}});
+  const std::string rules = R"([{"budget":"q","match":{"app":"reports"}}])";
+  StatementInfo statement = Statement("SELECT 1 /*app='reports'*/");
+  statement.wall_now_us = 1'000'000;
+
+  Configure(R"([{"name":"q","mode":"enforce","quarantine_s":60}])", rules);
+  const Decision refused = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(refused.outcome, Decision::Outcome::kRefused);
+  EXPECT_NE(refused.refusal.detail.find("after a statement of it was refused by per_query_limit"),
+            std::string::npos);
+
+  Configure(R"([{"name":"q","mode":"warn","quarantine_s":60}])", rules);
+  const Decision warned = controller_.Admit(statement, AttemptKind::kFinal);
+  ASSERT_EQ(warned.outcome, Decision::Outcome::kAdmitted);
+  ASSERT_EQ(warned.notices.size(), 1u);
+  EXPECT_EQ(warned.notices[0].message,
+            "[PGINSIGHTS] Traffic Control: query would be blocked by budget \"q\": quarantined");
+  controller_.Release(warned.holding);
+
+  Configure(R"([{"name":"q","mode":"enforce"}])", rules);
+  const Decision admitted = controller_.Admit(statement, AttemptKind::kFinal);
+  EXPECT_EQ(admitted.outcome, Decision::Outcome::kAdmitted);
+  EXPECT_TRUE(admitted.notices.empty());
+  controller_.ReleaseAll();
+}
+
+// budget_status.cpu_seconds: what the statements used when measured, what
+// they were charged (their prediction) when not; a budget without a cost
+// limit has its statements measured too.
+TEST_F(AdmissionTest, EachBudgetAddsUpTheCpuItsStatementsUsed) {
+  Configure(R"([{"name":"cost","mode":"enforce","per_query_limit":10},
+                {"name":"plain","mode":"enforce","max_concurrent":5}])",
+            R"([{"budget":"cost","match":{"app":"reports"}},
+                {"budget":"plain","match":{"app":"web"}}])");
+  const StatementInfo reports = Statement("SELECT 1 /*app='reports'*/");
+  const Decision first = controller_.Admit(reports, AttemptKind::kFinal);
+  EXPECT_TRUE(first.measure_cpu);
+  controller_.Release(first.holding, 2.0, /*completed=*/true);  // k learned: 2 CPU-s
+  const Decision second = controller_.Admit(reports, AttemptKind::kFinal);
+  ASSERT_TRUE(second.predicted_seconds.has_value());
+  controller_.Release(second.holding);  // not measured: charged its prediction, 2
+
+  const Decision web = controller_.Admit(Statement("SELECT 1 /*app='web'*/"), AttemptKind::kFinal);
+  EXPECT_TRUE(web.measure_cpu);
+  controller_.Release(web.holding, 0.25, /*completed=*/true);
+
+  double cost = -1, plain = -1;
+  for (const BucketSnapshot& bucket : table_->Snapshot()) {
+    if (bucket.budget == "cost") cost = bucket.cpu_seconds;
+    if (bucket.budget == "plain") plain = bucket.cpu_seconds;
+  }
+  EXPECT_NEAR(cost, 4.0, 1e-9);
+  EXPECT_NEAR(plain, 0.25, 1e-9);
+  table_->ResetCounters();
+  EXPECT_EQ(table_->Snapshot()[0].cpu_seconds, 0);
+}
+
 }  // namespace
 }  // namespace tc

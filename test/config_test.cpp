@@ -176,12 +176,16 @@ TEST(ConfigBudgets, RejectsOutOfRangeAndMistypedFields) {
       "budgets[0].max_parallel_workers: must be an integer between 0 and 1024";
   const std::string duration =
       "budgets[0].max_duration_ms: must be an integer between 1 and 2147483647";
+  const std::string quarantine =
+      "budgets[0].quarantine_s: must be a number greater than or equal to 0";
   const std::vector<ErrorCase> cases = {
       {R"("max_duration_ms": 0)", duration},
       {R"("max_duration_ms": -5)", duration},
       {R"("max_duration_ms": 2147483648)", duration},
       {R"("max_duration_ms": 1.5)", duration},
       {R"("max_duration_ms": "100")", duration},
+      {R"("quarantine_s": -1)", quarantine},
+      {R"("quarantine_s": "60")", quarantine},
       {R"("mode": "Enforce")", mode},
       {R"("mode": "")", mode},
       {R"("mode": 1)", mode},
@@ -234,6 +238,9 @@ TEST(ConfigBudgets, MaxDurationIsPositiveMilliseconds) {
   EXPECT_FALSE(OneBudget("").max_duration_ms.has_value());
   EXPECT_EQ(OneBudget(R"("max_duration_ms": 1)").max_duration_ms, 1);
   EXPECT_EQ(OneBudget(R"("max_duration_ms": 2147483647)").max_duration_ms, 2147483647);
+  EXPECT_EQ(OneBudget("").quarantine_s, 0);
+  EXPECT_EQ(OneBudget(R"("quarantine_s": 0)").quarantine_s, 0);
+  EXPECT_EQ(OneBudget(R"("quarantine_s": 2.5)").quarantine_s, 2.5);
 }
 
 TEST(ConfigBudgets, MaxParallelWorkersIsACount) {

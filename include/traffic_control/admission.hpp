@@ -71,6 +71,17 @@ struct Decision {
   Report duration_cancel;
   std::int64_t warn_after_ms = 0;
   Report duration_warning;
+  // Admitted with cancel_after_ms: the quarantine_s of the budget whose
+  // max_duration_ms that is (duration_cancel.budget; 0: none). The caller
+  // quarantines the statement's pattern for it if the cancel happens.
+  double cancel_quarantine_s = 0;
+  // Refused: the enforce budgets with quarantine_s whose per_query_limit
+  // refused it; the caller quarantines the statement's pattern in each.
+  struct Quarantine {
+    std::string budget;
+    double seconds = 0;
+  };
+  std::vector<Quarantine> quarantine;
 };
 
 // One budget that applies to an explained statement: what Admit would decide
@@ -130,6 +141,19 @@ class AdmissionController {
   // When the budget's shed ends (Unix epoch microseconds); 0 when it is not
   // shed at `wall_now_us`.
   std::int64_t ShedUntil(std::string_view budget, std::int64_t wall_now_us) const;
+
+  // Patterns quarantined by budgets' quarantine_s (the server's shared
+  // list): each is refused (enforce) or warned (warn) by its budget until
+  // `until_us` (wall clock, Unix epoch microseconds), before the budget's
+  // limits are checked. Replaces the previous list; entries of budgets not in
+  // the rule set match nothing. Keep it across SetRuleSet.
+  struct QuarantinedPattern {
+    std::string budget;
+    PatternKey pattern;
+    std::int64_t until_us = 0;
+    Limit reason = Limit::kNone;  // kPerQueryLimit; kNone: max_duration_ms
+  };
+  void SetQuarantine(std::vector<QuarantinedPattern> quarantine);
 
   // The shared table; without one nothing is admitted by concurrency (the
   // shim always attaches one).
@@ -212,7 +236,7 @@ class AdmissionController {
   // learns from it); returns its token, 0 when it holds nothing. On an
   // exception nothing is recorded.
   std::int64_t Hold(const AdmitResult& result, bool learn, const PatternKey& pattern,
-                    double plan_cost);
+                    double plan_cost, const std::optional<double>& predicted);
   // Adds `statements` to the counter of the rule of every match.
   void CountMatches(std::uint32_t statements = 1);
   // A final decision that admitted the statement with every budget passing,
@@ -268,7 +292,8 @@ class AdmissionController {
     absl::InlinedVector<Holding, 2> holdings;
     PatternKey pattern;  // as admitted (a later SET ROLE does not move it)
     double plan_cost = -1;
-    bool learn = false;  // record the CPU time in the estimator
+    double predicted_seconds = 0;  // 0 when unknown: cpu_seconds of an unmeasured release
+    bool learn = false;            // record the CPU time in the estimator
   };
   // One per statement that holds something: a handful at most (nested
   // statements, open cursors), so a vector searched from the newest.
@@ -333,6 +358,27 @@ class AdmissionController {
   std::vector<ShedBudget> shed_;
   std::vector<std::int64_t> shed_until_;
   void ResolveShed();
+  // SetQuarantine's list, and by (budget index of rules_, pattern) the
+  // latest deadline and its reason (empty: nothing quarantined).
+  std::vector<QuarantinedPattern> quarantine_;
+  struct QuarantineKey {
+    std::size_t budget_index;
+    PatternKey pattern;
+    bool operator==(const QuarantineKey& o) const {
+      return budget_index == o.budget_index && pattern == o.pattern;
+    }
+    template <typename H>
+    friend H AbslHashValue(H h, const QuarantineKey& key) {
+      return H::combine(std::move(h), key.budget_index, key.pattern.query_id, key.pattern.user_id,
+                        key.pattern.database_id);
+    }
+  };
+  struct QuarantineDeadline {
+    std::int64_t until_us = 0;
+    Limit reason = Limit::kNone;
+  };
+  absl::flat_hash_map<QuarantineKey, QuarantineDeadline> quarantined_;
+  void ResolveQuarantine();
   // Adds matches_[index]'s max_duration_ms to an admitted decision when it
   // is the earliest of its kind (cancel for enforce, warning for warn).
   void NoteMaxDuration(std::size_t index, std::string_view prefix, Decision* decision);

@@ -19,8 +19,9 @@ namespace tc {
 constexpr std::size_t kMaxInstanceDisplayBytes = 255;
 
 // kShed: the budget is shed by traffic_control.shed() (not a configured limit).
-enum class Limit { kNone, kMaxConcurrent, kPerQueryLimit, kServerShare, kShed };
-// "", "max_concurrent", "per_query_limit", "server_share", "shed"
+// kQuarantined: the statement's pattern is quarantined (quarantine_s).
+enum class Limit { kNone, kMaxConcurrent, kPerQueryLimit, kServerShare, kShed, kQuarantined };
+// "", "max_concurrent", "per_query_limit", "server_share", "shed", "quarantined"
 std::string_view LimitName(Limit limit);
 
 // One budget instance a statement must pass.
@@ -58,6 +59,11 @@ struct AdmissionRequest {
   // milliseconds: the request is refused whatever the budget's mode and
   // limits, before any of them is checked. -1: not shed.
   std::int64_t shed_for_ms = -1;
+  // >= 0: the statement's pattern is quarantined in this budget (quarantine_s)
+  // for this many more milliseconds: refused (enforce) or warned (warn)
+  // before any limit is checked; a shed comes first. -1: not quarantined.
+  std::int64_t quarantined_for_ms = -1;
+  Limit quarantined_by = Limit::kNone;  // the limit that quarantined it
 };
 
 // The limits are checked in the order max_concurrent, per_query_limit,
@@ -88,6 +94,9 @@ struct BudgetVerdict {
   // predicted to succeed (other limits, server_share 0, or a prediction larger than the whole
   // bucket).
   std::int64_t retry_after_ms = -1;
+  // kQuarantined: the limit the pattern broke (kPerQueryLimit, or kNone for
+  // max_duration_ms, which is not an admission limit).
+  Limit quarantined_by = Limit::kNone;
 };
 
 // A concurrency slot (and the debt charged for it) held by a statement; give it
@@ -134,7 +143,11 @@ struct BucketSnapshot {
   std::int64_t active = 0;
   std::uint64_t admitted = 0, warned = 0, blocked_max_concurrent = 0, blocked_per_query_limit = 0,
                 blocked_server_share = 0, blocked_shed = 0, queued = 0;
-  std::uint64_t canceled = 0;           // statements canceled by max_duration_ms
+  std::uint64_t canceled = 0;             // statements canceled by max_duration_ms
+  std::uint64_t blocked_quarantined = 0;  // refused because their pattern was quarantined
+  // CPU-seconds its statements used (workers included): measured, or for an
+  // unmeasured statement what it was charged at admission (its prediction).
+  double cpu_seconds = 0;
   std::int64_t last_blocked_at_us = 0;  // wall clock (Unix epoch microseconds), 0 = never
   double debt_seconds = 0;              // leaky bucket debt in CPU-seconds, drained to now
 };
@@ -221,8 +234,10 @@ class BucketTable {
   // below 0); without it the charge stands. Waiters that now fit are added
   // to wakes(). False when the holding was released already.
   // `canceled`: the statement was canceled by max_duration_ms (counted).
+  // `estimated_seconds`: what an unmeasured statement is taken to have used
+  // for cpu_seconds (its prediction; the debt keeps its charge).
   bool Release(const Holding& holding, std::optional<double> actual_seconds = std::nullopt,
-               bool canceled = false);
+               bool canceled = false, double estimated_seconds = 0);
 
   // Takes this backend out of the queue it waits in, if any (a wait that
   // ended without a final Admit: cancel, timeout, error, exit), waking the

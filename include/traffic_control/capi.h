@@ -136,6 +136,12 @@ typedef enum tc_outcome
 	TC_MUST_WAIT = 2			/* wait for a slot, then call tc_admit again */
 } tc_outcome;
 
+typedef struct tc_quarantine_request
+{
+	const char *budget;
+	double		seconds;
+} tc_quarantine_request;
+
 typedef struct tc_admission
 {
 	tc_outcome	outcome;
@@ -155,6 +161,13 @@ typedef struct tc_admission
 	tc_report	duration_cancel;
 	int64_t		warn_after_ms;
 	tc_report	duration_warning;
+	/* TC_ADMITTED with cancel_after_ms: if the cancel happens, quarantine the
+	 * statement's pattern in duration_cancel.budget for this long (0: no). */
+	double		cancel_quarantine_s;
+	/* TC_REFUSED: quarantine the statement's pattern in each of these
+	 * budgets (refused by their per_query_limit) for its seconds. */
+	int			quarantine_count;
+	const tc_quarantine_request *quarantine;
 	tc_wakeups	wake;			/* waiters to wake, whatever the outcome */
 } tc_admission;
 
@@ -235,6 +248,25 @@ typedef struct tc_shed_budget
 } tc_shed_budget;
 bool		tc_set_shed(const tc_shed_budget *shed, size_t count);
 
+/*
+ * Patterns quarantined by budgets' quarantine_s (the server's shared list):
+ * statements of the pattern (query id, role, database) are refused by the
+ * budget (warned in warn mode) until until_us (Unix epoch microseconds).
+ * Replaces the backend's previous list; kept across tc_load_config.
+ */
+#define TC_QUARANTINE_PER_QUERY_LIMIT 1	/* refused by per_query_limit */
+#define TC_QUARANTINE_MAX_DURATION 2	/* canceled by max_duration_ms */
+typedef struct tc_quarantined_pattern
+{
+	const char *budget;
+	uint64_t	query_id;
+	uint32_t	user_id;
+	uint32_t	database_id;
+	int64_t		until_us;
+	int			reason;			/* TC_QUARANTINE_* */
+} tc_quarantined_pattern;
+bool		tc_set_quarantine(const tc_quarantined_pattern *quarantine, size_t count);
+
 /* traffic_control.budget_status: one row per budget instance. */
 typedef struct tc_budget_status_row
 {
@@ -251,6 +283,8 @@ typedef struct tc_budget_status_row
 	uint64_t	blocked_server_share;
 	uint64_t	blocked_shed;	/* refused because the budget was shed */
 	uint64_t	canceled;		/* canceled by max_duration_ms */
+	uint64_t	blocked_quarantined;	/* refused: their pattern was quarantined */
+	double		cpu_seconds;	/* CPU its statements used, workers included */
 	uint64_t	queued;
 	int64_t		last_blocked_at_us; /* Unix epoch microseconds; 0 = never */
 	int64_t		shed_until_us;	/* latest end of a shed of the budget (Unix

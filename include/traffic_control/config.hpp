@@ -31,6 +31,9 @@ struct Budget {
   int cpu_priority = 0;                              // nice 0..19, or kCpuPriorityIdle ("idle")
   std::optional<std::int64_t> max_parallel_workers;  // >= 0
   std::optional<std::int64_t> max_duration_ms;       // > 0: cancel (enforce) or warn after
+  // >= 0: seconds a pattern stays refused after one of its statements was
+  // canceled by max_duration_ms or refused by per_query_limit (0: never).
+  double quarantine_s = 0;
 };
 
 // How a condition compares the statement's value of its key with `values`.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -76,6 +77,25 @@ void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> pro
   pending_counts_.assign(rule_slots_.size(), 0);
   history_slots_.assign(rules_.budgets().size(), kUnresolved);
   ResolveShed();
+  ResolveQuarantine();
+}
+
+void AdmissionController::SetQuarantine(std::vector<QuarantinedPattern> quarantine) {
+  quarantine_ = std::move(quarantine);
+  ResolveQuarantine();
+}
+
+void AdmissionController::ResolveQuarantine() {
+  quarantined_.clear();
+  if (quarantine_.empty()) return;
+  const std::vector<Budget>& budgets = rules_.budgets();
+  for (const QuarantinedPattern& entry : quarantine_) {
+    for (std::size_t i = 0; i < budgets.size(); ++i) {
+      if (budgets[i].name != entry.budget) continue;
+      QuarantineDeadline& deadline = quarantined_[QuarantineKey{i, entry.pattern}];
+      if (entry.until_us > deadline.until_us) deadline = {entry.until_us, entry.reason};
+    }
+  }
 }
 
 void AdmissionController::SetShed(std::vector<ShedBudget> shed) {
@@ -194,6 +214,16 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
       if (until > statement.wall_now_us)
         request.shed_for_ms = (until - statement.wall_now_us + 999) / 1000;
     }
+    request.quarantined_for_ms = -1;
+    // Only while the budget still has quarantine_s: setting it to 0 (and a
+    // reload) ends its quarantines.
+    if (!quarantined_.empty() && pattern.query_id != 0 && request.budget->quarantine_s > 0) {
+      const auto found = quarantined_.find(QuarantineKey{match.budget_index, pattern});
+      if (found != quarantined_.end() && found->second.until_us > statement.wall_now_us) {
+        request.quarantined_for_ms = (found->second.until_us - statement.wall_now_us + 999) / 1000;
+        request.quarantined_by = found->second.reason;
+      }
+    }
   }
   if (!instances_known && table_ != nullptr) {
     // Once per new match (and table): the table's hash of each instance.
@@ -300,6 +330,7 @@ BudgetOutcome OutcomeOf(const BudgetVerdict& verdict) {
     case Limit::kServerShare:
       return kOutcomeRefusedServerShare;
     case Limit::kShed:
+    case Limit::kQuarantined:
       return kOutcomeRefusedShed;
     case Limit::kMaxConcurrent:
     case Limit::kNone:
@@ -348,7 +379,7 @@ void AdmissionController::RecordHistory(const AdmitResult& result, std::int64_t 
         history_->Record(slot, ViolationHistory::kBlockedServerShare, wall_now_us);
         break;
       case kOutcomeRefusedShed:
-        break;  // the history counts what the configured limits did
+        break;  // shed or quarantined: the history counts what the limits did
       case kOutcomeWarn:
         history_->Record(slot, ViolationHistory::kWarned, wall_now_us);
         history_->Record(slot, ViolationHistory::kAdmitted, wall_now_us);
@@ -458,6 +489,8 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
   decision.predicted_seconds.reset();
   decision.cpu_priority = 0;
   decision.cancel_after_ms = decision.warn_after_ms = 0;
+  decision.cancel_quarantine_s = 0;
+  decision.quarantine.clear();
   decision.parallel_workers = std::max(0, statement.parallel_workers);
   if (rules_.empty() || table_ == nullptr) return;
 
@@ -482,7 +515,6 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
       match_instances_[i].slot = all_held ? result.holdings[i].slot : AdmissionRequest::kNoHint;
       match_instances_[i].generation = all_held ? result.holdings[i].generation : 0;
     }
-    decision.measure_cpu = has_cost_limit;
     // Every request of the statement took the same units: 1 + its workers.
     if (!result.holdings.empty()) {
       decision.parallel_workers =
@@ -497,7 +529,10 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
     }
     const bool learn = has_cost_limit && patterns_ != nullptr && pattern.query_id != 0;
     try {
-      decision.holding = Hold(result, learn, pattern, statement.plan_cost);
+      decision.holding = Hold(result, learn, pattern, statement.plan_cost, predicted);
+      // Measured for budget_status.cpu_seconds too (the caller samples cheap
+      // statements whose prediction is known).
+      decision.measure_cpu = has_cost_limit || decision.holding != 0;
     } catch (...) {
       // Not recorded, so nothing could ever give the slots back: now.
       for (const Holding& holding : result.holdings) {
@@ -544,6 +579,16 @@ void AdmissionController::Admit(const StatementInfo& statement, AttemptKind atte
         decision.refusal = std::move(report);
       }
     }
+    if (pattern.query_id != 0) {
+      for (std::size_t i = 0; i < matches_.size(); ++i) {
+        const Budget& budget = *requests_[i].budget;
+        const BudgetVerdict& verdict = result.verdicts[i];
+        if (verdict.action == BudgetVerdict::Action::kRefuse &&
+            verdict.limit == Limit::kPerQueryLimit && budget.quarantine_s > 0) {
+          decision.quarantine.push_back({budget.name, budget.quarantine_s});
+        }
+      }
+    }
   } catch (...) {
     // The caller never learns the holding of a decision that failed.
     if (decision.holding != 0) Release(decision.holding);
@@ -560,6 +605,7 @@ void AdmissionController::NoteMaxDuration(std::size_t index, std::string_view pr
   std::int64_t& after = cancel ? decision->cancel_after_ms : decision->warn_after_ms;
   if (after != 0 && after <= *budget.max_duration_ms) return;  // an earlier one applies
   after = *budget.max_duration_ms;
+  if (cancel) decision->cancel_quarantine_s = budget.quarantine_s;
   // Formatted once per match (a backend's statements mostly share theirs),
   // then copied into the decision's strings, whose capacity is reused.
   if (duration_reports_.size() != matches_.size() || duration_prefix_ != prefix) {
@@ -587,7 +633,8 @@ void AdmissionController::NoteMaxDuration(std::size_t index, std::string_view pr
 }
 
 std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,
-                                       const PatternKey& pattern, double plan_cost) {
+                                       const PatternKey& pattern, double plan_cost,
+                                       const std::optional<double>& predicted) {
   bool holds = learn;
   for (const Holding& holding : result.holdings) holds |= holding.slot != Holding::kUntrackedSlot;
   if (!holds) return 0;
@@ -599,6 +646,7 @@ std::int64_t AdmissionController::Hold(const AdmitResult& result, bool learn,
   held.holdings = std::move(slots);
   held.pattern = pattern;
   held.plan_cost = plan_cost;
+  held.predicted_seconds = predicted && std::isfinite(*predicted) ? *predicted : 0;
   held.learn = learn;
   held.token = next_holding_++;
   return held.token;
@@ -677,7 +725,9 @@ void AdmissionController::Release(std::int64_t holding, std::optional<double> cp
   if (index != holdings_.size()) holdings_[index - 1] = std::move(holdings_.back());
   holdings_.pop_back();
   if (table_ != nullptr) {
-    for (const Holding& h : held.holdings) table_->Release(h, cpu_seconds, canceled);
+    for (const Holding& h : held.holdings) {
+      table_->Release(h, cpu_seconds, canceled, held.predicted_seconds);
+    }
   }
   if (completed && held.learn && cpu_seconds && patterns_ != nullptr) {
     patterns_->Record(held.pattern, held.plan_cost, *cpu_seconds);

@@ -117,7 +117,7 @@ namespace tc {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x54434255434b4554ULL;  // "TCBUCKET"
-constexpr std::uint32_t kLayoutVersion = 7;
+constexpr std::uint32_t kLayoutVersion = 8;
 constexpr std::int32_t kNoSlot = -1;
 constexpr std::int32_t kNoWaiter = -1;  // no backend (end of a queue)
 // Distinct instances a backend publishes as held (HeldRecord); more are not
@@ -170,6 +170,10 @@ struct BucketState {
   std::uint64_t blocked_shed;
   std::uint64_t queued;
   std::uint64_t canceled;  // statements canceled by max_duration_ms
+  std::uint64_t blocked_quarantined;
+  // Written by a release that measured or was charged CPU (on the second
+  // line: cheap statements are charged 0 when their prediction is unknown).
+  double cpu_seconds;
   // Written only by a wait: the queue's first and last backend (kNoWaiter
   // when empty).
   std::int32_t queue_head;
@@ -779,14 +783,22 @@ BudgetVerdict CheckServerShare(const Budget& budget, double debt,
 // All the budget's limits in order: the first refusal wins, else the first
 // warning, else a pass describing the first limit that could be checked.
 BudgetVerdict Decide(const Budget& budget, const Standing& standing, std::uint32_t weight,
-                     const std::optional<double>& predicted, double cores,
-                     std::int64_t shed_for_ms) {
+                     const std::optional<double>& predicted, double cores, std::int64_t shed_for_ms,
+                     std::int64_t quarantined_for_ms, Limit quarantined_by) {
   BudgetVerdict chosen;
   if (budget.mode == Mode::kOff) return chosen;
   if (shed_for_ms >= 0) {  // the operator's lever refuses whatever the mode and limits
     chosen.action = BudgetVerdict::Action::kRefuse;
     chosen.limit = Limit::kShed;
     chosen.retry_after_ms = shed_for_ms;
+    return chosen;
+  }
+  if (quarantined_for_ms >= 0) {  // the pattern's last run broke a limit: not again for now
+    chosen.action = budget.mode == Mode::kEnforce ? BudgetVerdict::Action::kRefuse
+                                                  : BudgetVerdict::Action::kWarn;
+    chosen.limit = Limit::kQuarantined;
+    chosen.retry_after_ms = quarantined_for_ms;
+    chosen.quarantined_by = quarantined_by;
     return chosen;
   }
   // Action's order is pass < warn < refuse: a later limit replaces the one
@@ -862,6 +874,9 @@ void CountBlocked(BucketState& state, Limit limit) {
     case Limit::kShed:
       ++state.blocked_shed;
       break;
+    case Limit::kQuarantined:
+      ++state.blocked_quarantined;
+      break;
     case Limit::kNone:
       break;
   }
@@ -918,8 +933,9 @@ bool JudgeRequests(const std::vector<AdmissionRequest>& requests, const Pending*
         if (state.drain_per_second >= 0) standing.debt += pending[j].predicted.value_or(0.0);
       }
     }
-    verdicts[i] = Decide(budget, standing, UnitsOf(request, cap), pending[i].predicted,
-                         pending[i].cores, request.shed_for_ms);
+    verdicts[i] =
+        Decide(budget, standing, UnitsOf(request, cap), pending[i].predicted, pending[i].cores,
+               request.shed_for_ms, request.quarantined_for_ms, request.quarantined_by);
     refused = refused || verdicts[i].action == BudgetVerdict::Action::kRefuse;
   }
   return refused;
@@ -1261,6 +1277,8 @@ std::string_view LimitName(Limit limit) {
       return "server_share";
     case Limit::kShed:
       return "shed";
+    case Limit::kQuarantined:
+      return "quarantined";
     case Limit::kNone:
       break;
   }
@@ -1516,7 +1534,7 @@ std::vector<BudgetVerdict> BucketTable::Evaluate(const std::vector<AdmissionRequ
 }
 
 bool BucketTable::Release(const Holding& holding, std::optional<double> actual_seconds,
-                          bool canceled) {
+                          bool canceled, double estimated_seconds) {
   if (holding.slot == Holding::kUntrackedSlot || holding.slot >= capacity_) return false;
   const TableView table = CachedView(memory_, entries_, index_, index_mask_, backends_);
   const auto slot = static_cast<std::int32_t>(holding.slot);
@@ -1538,6 +1556,8 @@ bool BucketTable::Release(const Holding& holding, std::optional<double> actual_s
     BucketState& state = entry.state;
     state.active -= std::min<std::int64_t>(state.active, holding.weight);
     if (canceled) ++state.canceled;
+    const double used = correct ? *actual_seconds : estimated_seconds;
+    if (std::isfinite(used) && used > 0) state.cpu_seconds += used;
     if (correct && state.drain_per_second >= 0) {
       DrainTo(state, now_us);
       state.debt = std::max(0.0, state.debt + (*actual_seconds - holding.charged_seconds));
@@ -1700,6 +1720,8 @@ std::vector<BucketSnapshot> BucketTable::Snapshot() {
     snapshot.blocked_server_share = state.blocked_server_share;
     snapshot.blocked_shed = state.blocked_shed;
     snapshot.canceled = state.canceled;
+    snapshot.blocked_quarantined = state.blocked_quarantined;
+    snapshot.cpu_seconds = state.cpu_seconds;
     snapshot.queued = state.queued;
     snapshot.last_blocked_at_us = state.last_blocked_at_us;
     snapshot.debt_seconds = DrainedDebt(state, now_us);
@@ -1724,8 +1746,9 @@ void BucketTable::ResetCounters() {
     // Counters only: active and debt are live state, not statistics.
     state.admitted = state.warned = state.queued = 0;
     state.blocked_max_concurrent = state.blocked_per_query_limit = state.blocked_server_share = 0;
-    state.blocked_shed = 0;
+    state.blocked_shed = state.blocked_quarantined = 0;
     state.canceled = 0;
+    state.cpu_seconds = 0;
     state.last_blocked_at_us = 0;
   }
 }

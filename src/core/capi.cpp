@@ -112,6 +112,7 @@ struct BackendState {
   // Storage behind the pointers handed out by tc_admit.
   tc::Decision decision;
   std::vector<tc_report> notices;
+  std::vector<tc_quarantine_request> quarantine;
   std::vector<std::int32_t> queue_holders;  // tc_queue_holders
   // ... and by the SQL interface's functions (one each).
   std::vector<tc::BudgetStatusRow> budget_rows;
@@ -421,6 +422,13 @@ void ExportDecision(BackendState& state, tc_admission* out) {
   out->warn_after_ms = decision.warn_after_ms;
   if (decision.warn_after_ms > 0) out->duration_warning = ToC(decision.duration_warning);
   out->predicted_seconds = decision.predicted_seconds ? *decision.predicted_seconds : -1;
+  out->cancel_quarantine_s = decision.cancel_after_ms > 0 ? decision.cancel_quarantine_s : 0;
+  state.quarantine.clear();
+  for (const tc::Decision::Quarantine& entry : decision.quarantine) {
+    state.quarantine.push_back(tc_quarantine_request{entry.budget.c_str(), entry.seconds});
+  }
+  out->quarantine_count = static_cast<int>(state.quarantine.size());
+  out->quarantine = state.quarantine.empty() ? nullptr : state.quarantine.data();
   out->wake = Wakeups();
 }
 
@@ -523,6 +531,26 @@ bool tc_set_shed(const tc_shed_budget* shed, size_t count) {
   });
 }
 
+bool tc_set_quarantine(const tc_quarantined_pattern* quarantine, size_t count) {
+  return Guarded([&] {
+    std::vector<tc::AdmissionController::QuarantinedPattern> list;
+    list.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      const tc_quarantined_pattern& entry = quarantine[i];
+      if (entry.budget == nullptr) continue;
+      tc::PatternKey pattern;
+      pattern.query_id = entry.query_id;
+      pattern.user_id = entry.user_id;
+      pattern.database_id = entry.database_id;
+      list.push_back({entry.budget, pattern, entry.until_us,
+                      entry.reason == TC_QUARANTINE_PER_QUERY_LIMIT ? tc::Limit::kPerQueryLimit
+                                                                    : tc::Limit::kNone});
+    }
+    State().controller.SetQuarantine(std::move(list));
+    return true;
+  });
+}
+
 bool tc_budget_status(double server_cores, const tc_budget_status_row** rows, size_t* count) {
   return Guarded([&] {
     BackendState& state = AttachedState();
@@ -545,6 +573,8 @@ bool tc_budget_status(double server_cores, const tc_budget_status_row** rows, si
       out.blocked_server_share = bucket.blocked_server_share;
       out.blocked_shed = bucket.blocked_shed;
       out.canceled = bucket.canceled;
+      out.blocked_quarantined = bucket.blocked_quarantined;
+      out.cpu_seconds = bucket.cpu_seconds;
       out.queued = bucket.queued;
       out.last_blocked_at_us = bucket.last_blocked_at_us;
       out.shed_until_us = state.controller.ShedUntil(bucket.budget, 0);

@@ -375,7 +375,7 @@ bool ParseBudget(const Json& item, std::string_view path,
   if (!CheckKnownFields(item, path,
                         {"name", "mode", "server_share", "burst_limit", "per_query_limit",
                          "max_concurrent", "warning_threshold", "queue_timeout_ms", "cpu_priority",
-                         "max_parallel_workers", "max_duration_ms"},
+                         "max_parallel_workers", "max_duration_ms", "quarantine_s"},
                         error)) {
     return false;
   }
@@ -419,8 +419,16 @@ bool ParseBudget(const Json& item, std::string_view path,
                            &budget->max_parallel_workers, error)) {
     return false;
   }
-  return ReadOptionalInteger(item, "max_duration_ms", path, kMaxDurationBounds,
-                             &budget->max_duration_ms, error);
+  if (!ReadOptionalInteger(item, "max_duration_ms", path, kMaxDurationBounds,
+                           &budget->max_duration_ms, error)) {
+    return false;
+  }
+  std::optional<double> quarantine_s;
+  if (!ReadOptionalNumber(item, "quarantine_s", path, kNonNegativeBounds, &quarantine_s, error)) {
+    return false;
+  }
+  if (quarantine_s.has_value()) budget->quarantine_s = *quarantine_s;
+  return true;
 }
 
 // Checks one match value for a built-in key and puts it in the form the rule

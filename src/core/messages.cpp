@@ -40,6 +40,13 @@ std::string LimitAndLevel(const Budget& budget, const BudgetVerdict& verdict) {
       return "shed by traffic_control.shed() for another " +
              FormatNumber(std::ceil(static_cast<double>(verdict.retry_after_ms) / 100.0) / 10.0) +
              " s";
+    case Limit::kQuarantined:
+      return "pattern quarantined for another " +
+             FormatNumber(std::ceil(static_cast<double>(verdict.retry_after_ms) / 100.0) / 10.0) +
+             " s (quarantine_s = " + FormatNumber(budget.quarantine_s) + ") after " +
+             (verdict.quarantined_by == Limit::kPerQueryLimit
+                  ? "a statement of it was refused by per_query_limit"
+                  : "a statement of it was canceled by max_duration_ms");
     case Limit::kPerQueryLimit: {
       std::string text =
           "limit per_query_limit = " + FormatNumber(budget.per_query_limit.value_or(0)) +
@@ -99,10 +106,11 @@ Report FormatVerdict(const VerdictContext& context, const BudgetVerdict& verdict
   report.budget = context.budget->name;
   report.rule = std::string(context.rule);
   report.limit = limit_name;
-  report.message = std::string(context.prefix) +
-                   (refused ? " query blocked by budget " : " query would be blocked by budget ") +
-                   Quote(context.budget->name) + ": " + limit_name +
-                   (verdict.limit == Limit::kShed ? "" : " exceeded");
+  report.message =
+      std::string(context.prefix) +
+      (refused ? " query blocked by budget " : " query would be blocked by budget ") +
+      Quote(context.budget->name) + ": " + limit_name +
+      (verdict.limit == Limit::kShed || verdict.limit == Limit::kQuarantined ? "" : " exceeded");
 
   report.detail = "Rule " + Quote(context.rule);
   if (!context.each_key.empty()) {

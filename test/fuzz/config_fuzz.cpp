@@ -103,6 +103,7 @@ struct BudgetsKind {
            b.cpu_priority == tc::kCpuPriorityIdle ? Json("idle") : Json(b.cpu_priority)},
           {"max_parallel_workers", Optional(b.max_parallel_workers)},
           {"max_duration_ms", Optional(b.max_duration_ms)},
+          {"quarantine_s", b.quarantine_s},
       });
     }
     return document;
@@ -114,7 +115,7 @@ struct BudgetsKind {
            a.max_concurrent == b.max_concurrent && a.warning_threshold == b.warning_threshold &&
            a.queue_timeout_ms == b.queue_timeout_ms && a.cpu_priority == b.cpu_priority &&
            a.max_parallel_workers == b.max_parallel_workers &&
-           a.max_duration_ms == b.max_duration_ms;
+           a.max_duration_ms == b.max_duration_ms && a.quarantine_s == b.quarantine_s;
   }
 
   static Item Sentinel() {
