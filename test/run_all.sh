@@ -3,8 +3,8 @@
 # core and the extension, and runs every suite: GoogleTest (ctest), the same
 # under ASan+UBSan, the libFuzzer targets for a short while, pg_regress
 # and isolation specs on a throwaway cluster with the library preloaded, the
-# TAP tests (terminate, disconnect, crash-restart), the client-driver tests and
-# the Prometheus exporter test.
+# TAP tests (terminate, disconnect, crash-restart), the client-driver tests,
+# the Prometheus exporter test and the PgBouncer test.
 # Run it as root on a fresh Debian 12 machine, or as a user who can already
 # build and who owns a writable PostgreSQL install.
 set -euo pipefail
@@ -14,8 +14,9 @@ cd "$TC_ROOT"
 # The client-driver tests need psycopg 3 (Debian's python3-psycopg, for Debian's
 # /usr/bin/python3) and Node.js with npm; Node may already be installed from
 # elsewhere, so Debian's nodejs and npm are only added when it is not. The
-# Prometheus integration test runs Debian's prometheus-postgres-exporter.
-CLIENT_PACKAGES=(python3-psycopg prometheus-postgres-exporter)
+# Prometheus integration test runs Debian's prometheus-postgres-exporter, the
+# PgBouncer one Debian's pgbouncer.
+CLIENT_PACKAGES=(python3-psycopg prometheus-postgres-exporter pgbouncer)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   CLIENT_PACKAGES+=(nodejs npm)
 fi
@@ -196,6 +197,16 @@ test/integrations/exporter_test.sh 2>&1 | tee "$WORK/exporter.log"
 exporter_status=${PIPESTATUS[0]}
 set -e
 record_summary "exporter" "$exporter_status" "$WORK/exporter.log"
+
+# ---- PgBouncer in transaction pooling mode (test/integrations/
+# pgbouncer_test.sh, docs/operations.md): tags, slots and application_name
+# over pooled server connections. Its own cluster, for exact counter values.
+tc_log "PgBouncer (transaction pooling)"
+set +e
+test/integrations/pgbouncer_test.sh 2>&1 | tee "$WORK/pgbouncer.log"
+pgbouncer_status=${PIPESTATUS[0]}
+set -e
+record_summary "pgbouncer" "$pgbouncer_status" "$WORK/pgbouncer.log"
 
 # ---- TAP: error paths that end a backend or the server -------------------
 # A cgroup with a CPU quota of half a core, which the postgres user may move

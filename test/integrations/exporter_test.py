@@ -19,6 +19,8 @@ import time
 import urllib.error
 import urllib.request
 
+from checks import check, free_port, summary, wait_for
+
 MONITOR_ROLE = "tc_monitor"
 NO_STATS_ROLE = "tc_no_stats"  # a login role without pg_read_all_stats
 # The budget metrics; every one is exported for every budget instance.
@@ -52,29 +54,6 @@ INSTANCES = {
 # Statements run per budget (the checks compare the scrape with these).
 ACME, GLOBEX, REFUSED, WARNED, LEVER_BEFORE, LEVER_SHED = 3, 2, 4, 2, 2, 3
 
-results = []  # (ok, description)
-
-
-def check(ok, description, detail=""):
-    ok = bool(ok)
-    results.append(ok)
-    line = "%s %d - %s" % ("ok" if ok else "not ok", len(results), description)
-    if not ok and detail:
-        line += "  # " + detail
-    print(line, flush=True)
-    return ok
-
-
-def wait_for(predicate, timeout, interval=0.1):
-    """Polls predicate() until it is true or timeout seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 class Psql:
     def __init__(self, path):
         self.path = path
@@ -91,12 +70,6 @@ class Psql:
         if rc != 0:
             raise RuntimeError("psql failed: %s: %s" % (sql, err))
         return out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_exposition(text):
@@ -525,9 +498,8 @@ def main():
             stop_sleeper(psql, sleeper, args.workdir)
         if exporter is not None:
             stop_exporter(exporter, args.workdir)
-        passed = sum(results)
-        print("exporter: %d passed, %d failed" % (passed, len(results) - passed), flush=True)
-    return 0 if all(results) and results else 1
+        status = summary("exporter")
+    return status
 
 
 if __name__ == "__main__":
