@@ -31,6 +31,7 @@ BUDGET_METRICS = [
     "traffic_control_budget_warned_total",
     "traffic_control_budget_queued_total",
     "traffic_control_budget_canceled_total",
+    "traffic_control_budget_cpu_seconds_total",
     "traffic_control_budget_shed",
     "traffic_control_budget_shed_until_timestamp_seconds",
     "traffic_control_budget_last_blocked_timestamp_seconds",
@@ -41,7 +42,7 @@ BLOCKED = "traffic_control_budget_blocked_total"
 RULE_MATCHED = "traffic_control_rule_matched_total"
 RULE_PROBLEM = "traffic_control_rule_problem"
 ALL_METRICS = BUDGET_METRICS + [BLOCKED, LIMIT, RULE_MATCHED, RULE_PROBLEM]
-REASONS = ["max_concurrent", "per_query_limit", "server_share", "shed"]
+REASONS = ["max_concurrent", "per_query_limit", "server_share", "shed", "quarantined"]
 # (budget, each_value) -> mode: every instance the statements below create.
 INSTANCES = {
     ("tenants", "acme"): "enforce",
@@ -407,6 +408,11 @@ def check_scrape(samples, helps, types, facts, scrape_time):
         check_value(samples, "traffic_control_budget_debt_seconds", 0, budget=b, each_value=e)
         check_value(samples, "traffic_control_budget_shed", 1 if b == "lever" else 0,
                     budget=b, each_value=e)
+    # CPU: nothing ran in shed_all; the others ran cheap statements (a few ms at most).
+    check_value(samples, "traffic_control_budget_cpu_seconds_total", 0, budget="shed_all", each_value="")
+    cpu = [v for _, v in samples.get("traffic_control_budget_cpu_seconds_total", [])]
+    check(cpu and all(0 <= v < 5 for v in cpu),
+          "traffic_control_budget_cpu_seconds_total: every instance between 0 and 5 CPU-s", repr(cpu))
     # Utilization: busy's only slot is held; a limit of 0 counts as full.
     limits = {"tenants": 5, "shed_all": 0, "watch": 0, "lever": 10, "busy": 1}
     for (b, e) in INSTANCES:
