@@ -133,16 +133,17 @@ append_record(int64 token, QueryDesc *query, int utility_level)
 /*
  * The backend runs at the weakest CPU priority its live holdings ask for
  * (statements nested with track = all, open cursors), and as it started
- * when none does: applied after every change of the records.
+ * when none does: applied after every change of the records (after a
+ * release, a restore may linger: see priority.c).
  */
 static void
-apply_held_priority(void)
+apply_held_priority(bool after_release)
 {
 	int			priority = 0;
 
 	for (int i = 0; i < held_count; i++)
 		priority = Max(priority, held[i].cpu_priority);
-	apply_cpu_priority(priority);
+	apply_cpu_priority(priority, after_release);
 }
 
 void
@@ -161,7 +162,7 @@ record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cp
 	if (cpu_priority > 0 && cpu_priority_takes_effect())
 	{
 		record->cpu_priority = cpu_priority;
-		apply_held_priority();
+		apply_held_priority(false);
 	}
 }
 
@@ -275,7 +276,7 @@ release_record(int index, bool completed)
 	held[index] = held[held_count - 1];
 	held_count--;
 	if (record.cpu_priority > 0)
-		apply_held_priority();
+		apply_held_priority(true);
 	canceled = !completed && record.owns_duration_timer && duration_cancel_fired();
 	if (record.owns_duration_timer)
 		disarm_max_duration();

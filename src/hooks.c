@@ -135,7 +135,10 @@ admit_query(QueryDesc *queryDesc, bool workers_can_be_cut)
 	int			allowed;
 
 	if (is_control_plane(pstmt))
+	{
+		restore_priority_if_due();
 		return;
+	}
 	what.source = queryDesc->sourceText;
 	what.location = pstmt->stmt_location;
 	what.length = pstmt->stmt_len;
@@ -161,6 +164,7 @@ tc_planner(Query *parse, const char *query_string, int cursor_options,
 {
 	PlannedStmt *result;
 
+	restore_priority_if_due();	/* planning runs at the priority of no statement */
 	server_work_level++;
 	PG_TRY();
 	{
@@ -184,9 +188,15 @@ tc_ExecutorStart(QueryDesc *queryDesc, int eflags)
 	{
 		if (admission_active())
 			admit_query(queryDesc, true);
-		else if (nesting_level > 0 && tc_enabled && opening_cursor())
-			record_pending(queryDesc);
+		else
+		{
+			restore_priority_if_due();
+			if (nesting_level > 0 && tc_enabled && opening_cursor())
+				record_pending(queryDesc);
+		}
 	}
+	else
+		restore_priority_if_due();
 
 	if (prev_ExecutorStart)
 		prev_ExecutorStart(queryDesc, eflags);
@@ -380,6 +390,8 @@ tc_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 
 	if (client_statement() && tc_track_utility && admission_active())
 		admitted = true;
+	else
+		restore_priority_if_due();
 
 	PG_TRY();
 	{

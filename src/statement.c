@@ -562,6 +562,10 @@ admit_statement(const TcStatementToAdmit *what, QueryDesc *query, int utility_le
 		if (admission.cancel_after_ms > 0 || admission.warn_after_ms > 0)
 			record_max_duration(&admission, what->query_id);
 	}
+	/* A statement that runs at no priority of its own ends a lingering one. */
+	if (admission.cpu_priority <= 0 || !cpu_priority_takes_effect() ||
+		admission.outcome != TC_ADMITTED)
+		restore_priority_if_due();
 	/* Before the refusal is raised: the pattern is not to run again soon. */
 	for (int i = 0; i < admission.quarantine_count; i++)
 		quarantine_pattern(admission.quarantine[i].budget, admission.quarantine[i].seconds,

@@ -361,8 +361,15 @@ extern TC_INTERNAL bool cpu_priority_takes_effect(void);
 /* One WARNING per server start when a rule set uses cpu_priority in vain. */
 extern TC_INTERNAL void warn_if_priority_has_no_effect(int max_cpu_priority);
 
-/* Runs this backend at `priority` (0 = as it started, 1-19, or idle). */
-extern TC_INTERNAL void apply_cpu_priority(int priority);
+/*
+ * Runs this backend at `priority` (0 = as it started, 1-19, or idle). With
+ * may_linger (a statement ended), a weaker priority is kept until the
+ * backend does something else or idles (priority.c says why).
+ */
+extern TC_INTERNAL void apply_cpu_priority(int priority, bool may_linger);
+
+/* Before the backend plans or runs anything: ends a lingering priority. */
+extern TC_INTERNAL void restore_priority_if_due(void);
 
 /* In a parallel worker: runs at its leader's priority. */
 extern TC_INTERNAL void take_leader_priority(void);
