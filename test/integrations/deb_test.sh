@@ -58,10 +58,11 @@ if ! grep -q '^ok - ' "$WORK/meta.log"; then FAILED=$((FAILED + 1)); fi  # crash
 # ---- build -----------------------------------------------------------------
 # dpkg-buildpackage writes the .deb to the parent directory and build files
 # into the tree, so it builds a copy: the files git tracks plus new ones not
-# ignored (no build/ or in-tree objects from other suites).
+# ignored (no build/ or in-tree objects from other suites; a tracked file
+# deleted in the working tree is left out).
 mkdir "$WORK/src"
 git -C "$TC_ROOT" ls-files -z --cached --others --exclude-standard |
-  (cd "$TC_ROOT" && tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
+  (cd "$TC_ROOT" && tar --null --ignore-failed-read -T - -cf -) | tar -xf - -C "$WORK/src"
 echo "# dpkg-buildpackage -us -uc -b (log: $WORK/build.log)"
 set +e
 (cd "$WORK/src" && dpkg-buildpackage -us -uc -b) >"$WORK/build.log" 2>&1
