@@ -4,7 +4,8 @@
 # under ASan+UBSan, the libFuzzer targets for a short while, pg_regress
 # and isolation specs on a throwaway cluster with the library preloaded, the
 # TAP tests (terminate, disconnect, crash-restart), the client-driver tests,
-# the Prometheus exporter test and the PgBouncer test.
+# the Prometheus exporter test, the PgBouncer test, chaos and the packaging
+# test (Debian package, META.json).
 # Run it as root on a fresh Debian 12 machine, or as a user who can already
 # build and who owns a writable PostgreSQL install.
 set -euo pipefail
@@ -258,6 +259,23 @@ test/chaos/chaos.sh --duration 75 2>&1 | tee "$WORK/chaos.log"
 chaos_status=${PIPESTATUS[0]}
 set -e
 record_summary "chaos" "$chaos_status" "$WORK/chaos.log"
+
+# ---- packaging (test/integrations/deb_test.sh, docs/packaging.md) ---------
+# META.json, and the Debian package built with dpkg-buildpackage, unpacked
+# into a private copy of the server (the system install is left as it is) and
+# run through pg_regress and a JIT-inlined statement. About 70 s.
+# run_and_record SUITE COMMAND...: runs a suite script that closes with
+# "SUITE: N passed, M failed", shows its output and records it.
+run_and_record() {
+  local status
+  set +e
+  "${@:2}" 2>&1 | tee "$WORK/$1.log"
+  status=${PIPESTATUS[0]}
+  set -e
+  record_summary "$1" "$status" "$WORK/$1.log"
+}
+tc_log "packaging: META.json and the Debian package"
+run_and_record deb test/integrations/deb_test.sh
 
 tc_log "summary"
 if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then

@@ -28,11 +28,13 @@ tc_install_dependencies() {
   PG_BINDIR="$(pg_config --bindir)"
 }
 
-# Builds and installs the extension into the PostgreSQL pg_config names.
+# Builds and installs the extension into the PostgreSQL pg_config names, with
+# PGXS's defaults as a user would (DESIGN.md): on Debian's LLVM-enabled server
+# that includes the JIT bitcode and its llvm-lto index.
 tc_build_and_install() {
   tc_log "building and installing the extension (PGXS)"
-  make -C "$TC_ROOT" -f Makefile.pgxs -j2 with_llvm=no >/dev/null
-  make -C "$TC_ROOT" -f Makefile.pgxs with_llvm=no install >/dev/null
+  make -C "$TC_ROOT" -f Makefile.pgxs -j2 >/dev/null
+  make -C "$TC_ROOT" -f Makefile.pgxs install >/dev/null
 }
 
 # Runs a command as the postgres OS user when we are root (initdb refuses root).
