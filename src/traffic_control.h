@@ -37,6 +37,7 @@
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 
+#include "pg_compat.h"
 #include "traffic_control/capi.h"
 
 #if defined(__GNUC__)
