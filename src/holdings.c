@@ -157,7 +157,7 @@ record_holding(int64 token, QueryDesc *query, int utility_level, bool measure_cp
 		record->cpu_start = cpu_seconds_now();
 		record->measured = record->running = record->cpu_start >= 0;
 		record->worker_cpu_start_ns =
-			pg_atomic_read_u64(&tc_shared->backends[MyProc->pgprocno].worker_cpu_ns);
+			pg_atomic_read_u64(&tc_shared->backends[TC_PROC_NUMBER(MyProc)].worker_cpu_ns);
 	}
 	if (cpu_priority > 0 && cpu_priority_takes_effect())
 	{
@@ -250,7 +250,7 @@ cpu_used(const TcHeld *record)
 
 	if (!record->measured)
 		return -1;
-	worker_ns = pg_atomic_read_u64(&tc_shared->backends[MyProc->pgprocno].worker_cpu_ns);
+	worker_ns = pg_atomic_read_u64(&tc_shared->backends[TC_PROC_NUMBER(MyProc)].worker_cpu_ns);
 	if (worker_ns >= record->worker_cpu_start_ns)
 		used += (double) (worker_ns - record->worker_cpu_start_ns) / 1e9;
 	if (record->running)
@@ -479,8 +479,8 @@ worker_ended(void)
 	PGPROC	   *leader = MyProc->lockGroupLeader;
 
 	if (worker_cpu_start >= 0 && now >= worker_cpu_start && leader != NULL &&
-		leader->pgprocno < MaxBackends)
-		pg_atomic_fetch_add_u64(&tc_shared->backends[leader->pgprocno].worker_cpu_ns,
+		TC_PROC_NUMBER(leader) < MaxBackends)
+		pg_atomic_fetch_add_u64(&tc_shared->backends[TC_PROC_NUMBER(leader)].worker_cpu_ns,
 								(uint64) ((now - worker_cpu_start) * 1e9));
 	worker_cpu_start = -1;
 }

@@ -36,7 +36,6 @@
 #include "tcop/utility.h"
 #include "utils/fmgrprotos.h"
 #include "utils/portal.h"
-#include "utils/queryjumble.h"
 
 #include "traffic_control.h"
 
@@ -220,7 +219,7 @@ admit_pending(QueryDesc *queryDesc)
 }
 
 static void
-tc_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+tc_ExecutorRun(TC_EXECUTOR_RUN_PARAMS)
 {
 	if (held_count > 0)
 	{
@@ -232,9 +231,9 @@ tc_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool
 	PG_TRY();
 	{
 		if (prev_ExecutorRun)
-			prev_ExecutorRun(queryDesc, direction, count, execute_once);
+			prev_ExecutorRun(TC_EXECUTOR_RUN_ARGS);
 		else
-			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+			standard_ExecutorRun(TC_EXECUTOR_RUN_ARGS);
 	}
 	PG_FINALLY();
 	{

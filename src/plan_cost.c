@@ -101,8 +101,8 @@ differs_from_server(const PlannerSetting *setting)
 void
 remember_server_planner_settings(void)
 {
-	struct config_generic **gucs = get_guc_variables();
-	int			count = GetNumConfigOptions();
+	int			count;
+	struct config_generic **gucs = TC_GET_GUC_VARIABLES(&count);
 
 	planner_settings = MemoryContextAllocZero(TopMemoryContext, count * sizeof(PlannerSetting));
 	planner_setting_count = 0;

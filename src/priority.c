@@ -169,7 +169,7 @@ change_priority(int priority)
 
 	if (changed)
 		applied_priority = priority;
-	pg_atomic_write_u32(&tc_shared->backends[MyProc->pgprocno].worker_priority,
+	pg_atomic_write_u32(&tc_shared->backends[TC_PROC_NUMBER(MyProc)].worker_priority,
 						(uint32) applied_priority);
 	return changed;
 }
@@ -228,9 +228,9 @@ take_leader_priority(void)
 	PGPROC	   *leader = MyProc->lockGroupLeader;
 	int			priority;
 
-	if (leader == NULL || leader->pgprocno >= MaxBackends)
+	if (leader == NULL || TC_PROC_NUMBER(leader) >= MaxBackends)
 		return;
-	priority = (int) pg_atomic_read_u32(&tc_shared->backends[leader->pgprocno].worker_priority);
+	priority = (int) pg_atomic_read_u32(&tc_shared->backends[TC_PROC_NUMBER(leader)].worker_priority);
 	/* A worker ends with its part of the query: nothing to restore. */
 	if (priority > 0 && set_process_priority(priority))
 		applied_priority = priority;

@@ -173,8 +173,8 @@ ensure_core_attached(void)
 	if (tc_core_attached)
 		return;
 	/* Its PGPROC number: the core's queues wake it by setting its latch. */
-	if (MyProc != NULL && MyProc->pgprocno < MaxBackends)
-		backend = MyProc->pgprocno;
+	if (MyProc != NULL && TC_PROC_NUMBER(MyProc) < MaxBackends)
+		backend = TC_PROC_NUMBER(MyProc);
 	TC_CALL(tc_attach(tc_core_address(), tc_shared->core_size, tc_max_buckets, tc_max_patterns,
 					  MaxBackends, backend, &bucket_lock_ops, &pattern_lock_ops));
 	tc_core_attached = true;

@@ -557,7 +557,7 @@ plan_statement(const char *query_string, tc_statement *statement)
 		PlannedStmt *pstmt = pg_plan_query(query, query_string, CURSOR_OPT_PARALLEL_OK, NULL);
 
 		/* As EXPLAIN: only a query the user may run is explained. */
-		ExecCheckRTPerms(pstmt->rtable, true);
+		TC_CHECK_PLAN_PERMISSIONS(pstmt);
 		statement->command = command_name(pstmt->commandType);
 		statement->plan_cost = admission_plan_cost(pstmt);
 		statement->parallel_workers = statement_workers(pstmt);

@@ -39,6 +39,7 @@
 #include "storage/spin.h"
 #include "datatype/timestamp.h"
 
+#include "pg_compat.h"
 #include "traffic_control/capi.h"
 
 #if defined(__GNUC__)

@@ -3,9 +3,9 @@
 # core and the extension, and runs every suite: GoogleTest (ctest), the same
 # under ASan+UBSan, the libFuzzer targets for a short while, pg_regress
 # and isolation specs on a throwaway cluster with the library preloaded, the
-# TAP tests (terminate, disconnect, crash-restart), the client-driver tests,
-# the Prometheus exporter test, the PgBouncer test, chaos and the packaging
-# test (Debian package, META.json).
+# TAP tests (terminate, disconnect, crash-restart, a streaming standby), the
+# client-driver tests, the Prometheus exporter test, the PgBouncer test, chaos
+# and the packaging test (Debian package, META.json).
 # Run it as root on a fresh Debian 12 machine, or as a user who can already
 # build and who owns a writable PostgreSQL install.
 set -euo pipefail
@@ -210,6 +210,7 @@ set -e
 record_summary "pgbouncer" "$pgbouncer_status" "$WORK/pgbouncer.log"
 
 # ---- TAP: error paths that end a backend or the server -------------------
+# (and regress/t/007_standby.pl: a primary and a streaming hot standby)
 # A cgroup with a CPU quota of half a core, which the postgres user may move
 # a postmaster into (005_cpu_quota.pl; skipped where none can be made).
 prepare_cpu_cgroup() {
