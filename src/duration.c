@@ -25,6 +25,7 @@
 
 #include <signal.h>
 
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
@@ -39,9 +40,15 @@ static volatile sig_atomic_t duration_armed = false;
 static volatile sig_atomic_t duration_fired = false;
 /* The fired cancel has been reported with the budget's text (once). */
 static bool cancel_reported = false;
-/* The cancel's text, client-safe (copied at every arming: no allocation). */
+/*
+ * The cancel's text, client-safe (copied at an arming whose text's version
+ * differs from the last one: no allocation, and no copy for a stream of
+ * statements of one budget).
+ */
 static char cancel_message[1024];
 static char cancel_detail[1024];
+static uint64 cancel_text_version = 0;
+static int	cancel_text_encoding = -1; /* client_safe depends on it */
 
 static void
 duration_timeout_handler(void)
@@ -61,7 +68,7 @@ remember_text(char *slot, size_t size, const char *text)
 }
 
 bool
-arm_max_duration(int64 after_ms, const tc_report *cancel)
+arm_max_duration(int64 after_ms, const tc_report *cancel, uint64 text_version)
 {
 	if (duration_armed || after_ms <= 0)
 		return false;
@@ -70,8 +77,14 @@ arm_max_duration(int64 after_ms, const tc_report *cancel)
 		duration_timeout = RegisterTimeout(USER_TIMEOUT, duration_timeout_handler);
 		duration_timeout_registered = true;
 	}
-	remember_text(cancel_message, sizeof(cancel_message), cancel->message);
-	remember_text(cancel_detail, sizeof(cancel_detail), cancel->detail);
+	if (text_version == 0 || text_version != cancel_text_version ||
+		pg_get_client_encoding() != cancel_text_encoding)
+	{
+		remember_text(cancel_message, sizeof(cancel_message), cancel->message);
+		remember_text(cancel_detail, sizeof(cancel_detail), cancel->detail);
+		cancel_text_version = text_version;
+		cancel_text_encoding = pg_get_client_encoding();
+	}
 	duration_fired = false;
 	cancel_reported = false;
 	duration_armed = true;

@@ -174,7 +174,8 @@ record_max_duration(const tc_admission *admission, uint64 query_id)
 	if (admission->cancel_after_ms > 0)
 	{
 		record->owns_duration_timer =
-			arm_max_duration(admission->cancel_after_ms, &admission->duration_cancel);
+			arm_max_duration(admission->cancel_after_ms, &admission->duration_cancel,
+							 admission->duration_cancel_version);
 		if (record->owns_duration_timer && !record->measured)
 			record->started = GetCurrentTimestamp();
 		if (record->owns_duration_timer && admission->cancel_quarantine_s > 0 && query_id != 0)

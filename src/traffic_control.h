@@ -74,7 +74,8 @@
  * statement is canceled with `cancel`'s text. False (nothing done) when it
  * is armed already, by a statement around this one.
  */
-extern TC_INTERNAL bool arm_max_duration(int64 after_ms, const tc_report *cancel);
+extern TC_INTERNAL bool arm_max_duration(int64 after_ms, const tc_report *cancel,
+									   uint64 text_version);
 
 /* Disarms it (the statement that armed it has ended, however it ended). */
 extern TC_INTERNAL void disarm_max_duration(void);

@@ -71,6 +71,10 @@ struct Decision {
   Report duration_cancel;
   std::int64_t warn_after_ms = 0;
   Report duration_warning;
+  // Identify those texts: equal versions, equal texts (0: unknown). A
+  // caller that keeps a copy copies again only when its version moves.
+  std::uint64_t duration_cancel_version = 0;
+  std::uint64_t duration_warning_version = 0;
   // Admitted with cancel_after_ms: the quarantine_s of the budget whose
   // max_duration_ms that is (duration_cancel.budget; 0: none). The caller
   // quarantines the statement's pattern for it if the cancel happens.
@@ -383,8 +387,10 @@ class AdmissionController {
   // is the earliest of its kind (cancel for enforce, warning for warn).
   void NoteMaxDuration(std::size_t index, std::string_view prefix, Decision* decision);
   // NoteMaxDuration's reports, per match of matches_ (empty message: not yet
-  // formatted), for message prefix duration_prefix_.
+  // formatted), for message prefix duration_prefix_, and their versions.
   std::vector<Report> duration_reports_;
+  std::vector<std::uint64_t> duration_report_versions_;
+  std::uint64_t next_duration_version_ = 1;
   std::string duration_prefix_;
   struct KnownInstance {
     std::uint64_t key_hash = 0;

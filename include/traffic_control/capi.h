@@ -159,6 +159,7 @@ typedef struct tc_admission
 	 * having run longer than warn_after_ms. 0: none. */
 	int64_t		cancel_after_ms;
 	tc_report	duration_cancel;
+	uint64_t	duration_cancel_version;	/* same version, same texts (0: unknown) */
 	int64_t		warn_after_ms;
 	tc_report	duration_warning;
 	/* TC_ADMITTED with cancel_after_ms: if the cancel happens, quarantine the

@@ -610,10 +610,12 @@ void AdmissionController::NoteMaxDuration(std::size_t index, std::string_view pr
   // then copied into the decision's strings, whose capacity is reused.
   if (duration_reports_.size() != matches_.size() || duration_prefix_ != prefix) {
     duration_reports_.assign(matches_.size(), Report{});
+    duration_report_versions_.assign(matches_.size(), 0);
     duration_prefix_.assign(prefix.data(), prefix.size());
   }
   Report& report = duration_reports_[index];
   if (report.message.empty()) {
+    duration_report_versions_[index] = next_duration_version_++;
     const Rule& rule = rules_.rules()[match.rule_index];
     VerdictContext context;
     context.prefix = prefix;
@@ -624,6 +626,10 @@ void AdmissionController::NoteMaxDuration(std::size_t index, std::string_view pr
     report = FormatDurationExceeded(context, cancel);
   }
   Report& out = cancel ? decision->duration_cancel : decision->duration_warning;
+  std::uint64_t& version =
+      cancel ? decision->duration_cancel_version : decision->duration_warning_version;
+  if (version == duration_report_versions_[index]) return;  // the decision holds it already
+  version = duration_report_versions_[index];
   out.message = report.message;
   out.detail = report.detail;
   out.hint = report.hint;

@@ -418,7 +418,10 @@ void ExportDecision(BackendState& state, tc_admission* out) {
   out->cpu_priority = decision.cpu_priority;
   out->parallel_workers = decision.parallel_workers;
   out->cancel_after_ms = decision.cancel_after_ms;
-  if (decision.cancel_after_ms > 0) out->duration_cancel = ToC(decision.duration_cancel);
+  if (decision.cancel_after_ms > 0) {
+    out->duration_cancel = ToC(decision.duration_cancel);
+    out->duration_cancel_version = decision.duration_cancel_version;
+  }
   out->warn_after_ms = decision.warn_after_ms;
   if (decision.warn_after_ms > 0) out->duration_warning = ToC(decision.duration_warning);
   out->predicted_seconds = decision.predicted_seconds ? *decision.predicted_seconds : -1;
