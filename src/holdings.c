@@ -133,8 +133,9 @@ append_record(int64 token, QueryDesc *query, int utility_level)
 /*
  * The backend runs at the weakest CPU priority its live holdings ask for
  * (statements nested with track = all, open cursors), and as it started
- * when none does: applied after every change of the records (after a
- * release, a restore may linger: see priority.c).
+ * when none does: applied after every change of the records. After the
+ * release of a top-level statement a restore may linger (priority.c); after
+ * a nested one's, the statement around it goes on at its own priority now.
  */
 static void
 apply_held_priority(bool after_release)
@@ -143,7 +144,7 @@ apply_held_priority(bool after_release)
 
 	for (int i = 0; i < held_count; i++)
 		priority = Max(priority, held[i].cpu_priority);
-	apply_cpu_priority(priority, after_release);
+	apply_cpu_priority(priority, after_release && between_top_level_statements());
 }
 
 void

@@ -70,6 +70,12 @@ static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
 static ExecutorEnd_hook_type prev_ExecutorEnd = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
+bool
+between_top_level_statements(void)
+{
+	return nesting_level == 0;
+}
+
 /* Deferred triggers run at commit with no executor level around them. */
 static bool
 in_trigger(void)

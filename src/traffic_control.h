@@ -416,6 +416,12 @@ extern TC_INTERNAL void report_admission(const tc_admission *admission);
 /* Utility statements that are never admitted themselves. */
 extern TC_INTERNAL bool is_pass_through_utility(Node *statement);
 
+/*
+ * No statement is executing (none around the caller): a top-level
+ * statement's release, not a nested one's.
+ */
+extern TC_INTERNAL bool between_top_level_statements(void);
+
 /* ---- sql_functions.c ---- */
 
 /* A Unix-epoch microsecond time as a timestamptz; false for 0 (never) or out of range. */
