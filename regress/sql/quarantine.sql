@@ -90,6 +90,18 @@ ALTER SYSTEM SET traffic_control.budgets = '[{"name":"q_runaway","mode":"enforce
 SELECT pg_reload_conf(), pg_sleep(0.5);
 SELECT count(*) AS cheap_runs FROM q_big WHERE id <= 10 AND payload LIKE '%abc%' /*q='cost'*/;
 
+-- A cancel caught by a PL/pgSQL block: with track = all the nested
+-- statement is admitted itself, and its cancel quarantines its pattern.
+SET traffic_control.track = 'all';
+DO $$
+BEGIN
+  EXECUTE 'SELECT pg_sleep(5.0) /*q=''runaway''*/';
+EXCEPTION WHEN query_canceled THEN
+  RAISE NOTICE 'caught: %', SQLSTATE;
+END $$;
+RESET traffic_control.track;
+SELECT budget, reason FROM traffic_control.quarantine WHERE budget = 'q_runaway';
+
 -- budget_status: canceled, quarantined (refusals of a quarantine, also in
 -- blocked), and cpu_seconds, measured for every budget: q_cpu only caps
 -- concurrency.
