@@ -10,6 +10,8 @@ commit, and clients disconnect in the middle of a statement. Then it checks:
 
   - every budget instance's `active` is 0 with the load stopped, while the
     idle client sessions are still connected, and once they are gone;
+  - no idle client backend is left at a lowered CPU priority (family q runs
+    at cpu_priority 5, whose restore lingers while a backend idles);
   - no backend crashed and the postmaster never restarted (server log,
     pg_postmaster_start_time, postmaster.pid);
   - the counters add up (the identities are listed in check_counters);
@@ -63,7 +65,7 @@ CLASSES = ["pgbench", "clean", "chaos"]
 # The configuration the run starts with.
 INITIAL_LIMITS = {
     "a": {"mode": "enforce", "max_concurrent": 3, "queue_timeout_ms": 0},
-    "q": {"mode": "enforce", "max_concurrent": 2, "queue_timeout_ms": 500},
+    "q": {"mode": "enforce", "max_concurrent": 2, "queue_timeout_ms": 500, "cpu_priority": 5},
     "e": {"mode": "enforce", "max_concurrent": 1, "queue_timeout_ms": 50, "warning_threshold": 50},
     "w": {"mode": "warn", "max_concurrent": 1},
     "s": {"mode": "enforce", "server_share": 10, "burst_limit": 0.5, "max_concurrent": 4},
@@ -611,6 +613,13 @@ class Client(threading.Thread):
                     self.run_.ledger.event(f"{self.cls} {op.__name__[3:]}")
                 except psycopg.Error as exc:  # every error is classified
                     self.on_error(exc)
+            # The last statement is family q's (cpu_priority): the priority
+            # its backend ran at must be gone once it idles (check_idle_priority).
+            if self.conn is not None and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                try:
+                    self.execute(["q"], f"SELECT 1 {tag('q', self.cls, self.rng.choice(self.run_.tenants))}")
+                except psycopg.Error as exc:
+                    self.on_error(exc)
             # Stay connected, idle, until the checker has looked at `active`:
             # a slot leaked by a live session shows only while it lives.
             if self.conn is not None and self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -921,6 +930,7 @@ class Run:
                    f"the load ended: {idle} of {len(clients)} client sessions idle ({hung or 'no thread hung'})")
         with self.admin("tc-checker-idle") as conn:
             self.wait_inactive(conn, "with the load stopped and the client sessions still connected and idle")
+            self.check_idle_priority(conn)
         self.release.set()
         for thread in clients:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -928,6 +938,27 @@ class Run:
                 hung.append(thread.name)
         self.check(not hung, f"every client thread ended after the load ({hung or 'all did'})")
         self.pgbench_runs = pgbench.runs
+
+    def check_idle_priority(self, conn):
+        """Every idle client backend runs at nice 0 under the normal policy:
+        a lowered priority lingers at most 50 ms after a statement (src/priority.c)."""
+        time.sleep(0.5)
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            "AND state LIKE 'idle%' AND pid <> pg_backend_pid()").fetchall()]
+        lowered = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(") ", 1)[1].split()
+            except OSError:
+                continue  # it exited meanwhile
+            nice, policy = int(fields[16]), int(fields[38])
+            if nice != 0 or policy != 0:
+                lowered.append((pid, nice, policy))
+        self.check(pids and not lowered,
+                   f"no idle client backend left at a lowered CPU priority "
+                   f"({len(pids)} idle; {lowered or 'none lowered'})")
 
     def wait_inactive(self, conn, when):
         """Polls until every budget instance has active = 0 (statements that
