@@ -10,6 +10,7 @@
 #   rule once) and new sessions use it; after a reload, sessions build the
 #   new one.
 # - A budget shed with traffic_control.shed() stays shed until a restart.
+# - So does a pattern quarantined by quarantine_s (a reload keeps it).
 #
 # Every wait is bounded (30 s).
 use strict;
@@ -174,6 +175,30 @@ is( $node->safe_psql(
 		q{SELECT count(*) FROM traffic_control.budget_status WHERE shed_until IS NOT NULL}),
 	'0',
 	'shed: budget_status shows no shed after the restart');
+
+# ---- a quarantine (quarantine_s) lasts until a restart -------------------------
+$node->safe_psql(
+	'postgres', q{
+ALTER SYSTEM SET traffic_control.budgets = '[{"name":"tap_q","mode":"enforce","max_duration_ms":100,"quarantine_s":3600}]';
+ALTER SYSTEM SET traffic_control.rules = '[{"name":"tap_q","budget":"tap_q","match":{"test":"q"}}]';
+SELECT pg_reload_conf();
+});
+my $runaway = q{SELECT pg_sleep(2.0) /*test='q'*/};
+my $canceled = qr/query canceled by budget "tap_q": max_duration_ms exceeded/;
+my $quarantined = qr/query blocked by budget "tap_q": quarantined/;
+sub runaway_error
+{
+	my ($ret, $out, $err) = $node->psql('postgres', $runaway, timeout => $wait_seconds);
+	return $err;
+}
+like(runaway_error(), $canceled, 'quarantine: the runaway statement is canceled');
+like(runaway_error(), $quarantined, 'quarantine: then its pattern is refused');
+$node->reload;
+like(runaway_error(), $quarantined, 'quarantine: a reload keeps it');
+$node->restart;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM traffic_control.quarantine}),
+	'0', 'quarantine: the view is empty after a restart');
+like(runaway_error(), $canceled, 'quarantine: a restart ends it (the statement runs again)');
 $node->stop;
 
 # ---- the postmaster builds the rule set once, for every backend ----------------
