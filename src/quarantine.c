@@ -20,8 +20,6 @@
  */
 #include "postgres.h"
 
-#include <math.h>
-
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -36,7 +34,7 @@ PG_FUNCTION_INFO_V1(traffic_control_quarantine_1_1);
 
 #define QUARANTINE_COLUMNS 6
 
-/* Longest quarantine kept: ten years (a larger quarantine_s means "until a restart"). */
+/* Longest quarantine kept: ten years (quarantine_s above it means "until a restart"). */
 #define TC_MAX_QUARANTINE_SECONDS (10.0 * 365 * 86400)
 
 /* The version of the list this backend's core has (0: none yet). */
@@ -50,7 +48,7 @@ init_quarantine_list(void)
 	pg_atomic_init_u64(&tc_shared->quarantine_version, 1);
 }
 
-/* Copies the entries that have not ended; returns how many. */
+/* Copies the list (ended entries included: readers skip them); returns its length. */
 static int
 copy_quarantine(TcQuarantineEntry *copy, uint64 *version)
 {
