@@ -865,5 +865,29 @@ TEST_F(AdmissionTest, EachBudgetAddsUpTheCpuItsStatementsUsed) {
   EXPECT_EQ(table_->Snapshot()[0].cpu_seconds, 0);
 }
 
+// The tags of a repeated statement text are parsed once and reused; a new
+// rule set (which may use other tag keys) parses them again.
+TEST_F(AdmissionTest, ARepeatedTextReusesItsTagsUntilTheRulesChange) {
+  const std::string text = "SELECT 1 /*route='a',tier='x'*/";
+  Configure(R"([{"name":"b","mode":"enforce","max_concurrent":0}])",
+            R"([{"budget":"b","match":{"route":"b"}}])");
+  for (int i = 0; i < 3; ++i) {  // parsed once, then reused: admitted each time
+    const Decision decision = controller_.Admit(Statement(text), AttemptKind::kFinal);
+    EXPECT_EQ(decision.outcome, Decision::Outcome::kAdmitted);
+  }
+  const Decision other =
+      controller_.Admit(Statement("SELECT 1 /*route='b'*/"), AttemptKind::kFinal);
+  EXPECT_EQ(other.outcome, Decision::Outcome::kRefused);  // another text: its own tags
+  EXPECT_EQ(controller_.Admit(Statement(text), AttemptKind::kFinal).outcome,
+            Decision::Outcome::kAdmitted);
+
+  // Only `route` was kept for the first rules; these use `tier`.
+  Configure(R"([{"name":"b","mode":"enforce","max_concurrent":0}])",
+            R"([{"budget":"b","match":{"tier":"x"}}])");
+  EXPECT_EQ(controller_.Admit(Statement(text), AttemptKind::kFinal).outcome,
+            Decision::Outcome::kRefused);
+  controller_.ReleaseAll();
+}
+
 }  // namespace
 }  // namespace tc

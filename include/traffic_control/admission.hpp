@@ -114,8 +114,17 @@ struct Explanation {
 // With `only_keys_of`, only the keys its rules use are filled in (the rest
 // cannot change a match, and building them costs time on every statement).
 // `tags_scratch`, when given, is reused to parse the tags into.
+// `parsed`, with a scratch: the statement text the scratch holds the tags of
+// (for the same `only_keys_of`). A statement with that very text reuses them
+// instead of parsing again (a backend mostly repeats its statements, a
+// prepared one with the same text every time).
+struct ParsedText {
+  std::string text;  // keeps its capacity from statement to statement
+  bool valid = false;
+};
 void BuildMetadata(const StatementInfo& statement, Metadata* metadata,
-                   const RuleSet* only_keys_of = nullptr, std::vector<Tag>* tags_scratch = nullptr);
+                   const RuleSet* only_keys_of = nullptr, std::vector<Tag>* tags_scratch = nullptr,
+                   ParsedText* parsed = nullptr);
 
 class AdmissionController {
  public:
@@ -348,6 +357,7 @@ class AdmissionController {
   // Per-statement scratch, reused to keep the hot path allocation-light.
   Metadata metadata_;
   std::vector<Tag> tags_;
+  ParsedText tags_text_;  // what tags_ was parsed from (invalid after a rule change)
   std::vector<BudgetMatch> matches_;
   // The metadata matches_ was matched from (valid until the rules change).
   Metadata matched_metadata_;

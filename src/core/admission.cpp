@@ -23,7 +23,7 @@ PatternKey PatternOf(const StatementInfo& statement) {
 }  // namespace
 
 void BuildMetadata(const StatementInfo& statement, Metadata* metadata, const RuleSet* only_keys_of,
-                   std::vector<Tag>* tags_scratch) {
+                   std::vector<Tag>* tags_scratch, ParsedText* parsed) {
   metadata->Clear();
   // Flags, not key names, are tested here: this runs for every statement.
   auto wanted = [only_keys_of](BuiltinKey key) {
@@ -53,6 +53,14 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata, const Rul
   if (only_keys_of != nullptr && !only_keys_of->UsesTagKeys()) return;
   std::vector<Tag> local_tags;
   std::vector<Tag>& tags = tags_scratch != nullptr ? *tags_scratch : local_tags;
+  if (parsed == nullptr || tags_scratch == nullptr) {
+    parsed = nullptr;
+  } else if (parsed->valid && parsed->text == statement.text) {
+    metadata->AddTags(tags);  // the same text: the same tags, filtered already
+    return;
+  } else {
+    parsed->valid = false;  // until the scratch holds this text's tags
+  }
   ParseSqlCommenterTags(statement.text, &tags);
   if (only_keys_of != nullptr && !tags.empty()) {
     // Built-in keys stay in the list: AddTags must still see (and ignore) a
@@ -63,6 +71,10 @@ void BuildMetadata(const StatementInfo& statement, Metadata* metadata, const Rul
                               }),
                tags.end());
   }
+  if (parsed != nullptr) {
+    parsed->text.assign(statement.text.data(), statement.text.size());
+    parsed->valid = true;
+  }
   metadata->AddTags(tags);
 }
 
@@ -72,6 +84,7 @@ void AdmissionController::SetRuleSet(RuleSet rules, std::vector<RuleProblem> pro
   rules_ = std::move(rules);
   problems_ = std::move(problems);
   matched_metadata_valid_ = false;
+  tags_text_.valid = false;  // filtered for the old rules' keys
   duration_reports_.clear();
   rule_slots_.assign(rules_.rules().size(), kUnresolved);
   pending_counts_.assign(rule_slots_.size(), 0);
@@ -148,7 +161,7 @@ bool AdmissionController::Prepare(const StatementInfo& statement, std::optional<
                                   bool* has_cost_limit) {
   *predicted = std::nullopt;
   *has_cost_limit = false;
-  BuildMetadata(statement, &metadata_, &rules_, &tags_);
+  BuildMetadata(statement, &metadata_, &rules_, &tags_, &tags_text_);
   // A backend's statements mostly come with the same metadata (same role,
   // application and database, the same tags or none): the match of the last
   // statement, and what follows from it alone, is kept and reused while the
