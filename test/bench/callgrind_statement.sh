@@ -8,7 +8,8 @@
 # statement shows up in one run.
 #
 # Each arm's server runs under valgrind; one pgbench client runs N and then
-# 2N `-S -M prepared` transactions on two connections, and the difference of
+# 2N `-M prepared` transactions of pgbench -S's lookup carrying the
+# contract's two-tag comment (as pgbench_compare.sh) on two connections, and the difference of
 # the two backends' counts divided by N is one statement (connection setup and
 # the first statement's configuration load cancel out).
 # Usage: test/bench/callgrind_statement.sh [N=2000]
@@ -33,6 +34,12 @@ cleanup() {
 trap cleanup EXIT
 
 python3 "$TC_ROOT/test/bench/thousand_rules.py" --cpu-priority 0 >"$WORK/rules.conf"
+# pgbench -S's statement with a two-tag comment (as in pgbench_compare.sh).
+cat >"$WORK/select.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid /*route='%2Fbench%2Flookup',app='bench'*/;
+SQL
+chmod 644 "$WORK/select.sql"
 
 measure_arm() {
   local arm="$1" dir="$WORK/$1" port
@@ -66,7 +73,7 @@ measure_arm() {
   done
   [ "$ready" = 1 ] || { echo "arm $arm: the server did not start under valgrind" >&2; exit 1; }
   for transactions in "$N" "$((2 * N))"; do
-    "$PG_BINDIR/pgbench" -h "$dir" -p "$port" -U postgres -S -M prepared -n -c 1 \
+    "$PG_BINDIR/pgbench" -h "$dir" -p "$port" -U postgres -f "$WORK/select.sql" -M prepared -n -c 1 \
       -t "$transactions" postgres >/dev/null 2>&1
   done
   tc_as_postgres "$PG_BINDIR/pg_ctl" -D "$dir/data" -m fast -w -t 120 stop >/dev/null
