@@ -47,6 +47,17 @@ record_summary() {
   record "$1" "$passed" "$failed"
 }
 
+# run_and_record SUITE COMMAND...: runs a suite script that closes with
+# "SUITE: N passed, M failed", shows its output and records it.
+run_and_record() {
+  local status
+  set +e
+  "${@:2}" 2>&1 | tee "$WORK/$1.log"
+  status=${PIPESTATUS[0]}
+  set -e
+  record_summary "$1" "$status" "$WORK/$1.log"
+}
+
 WORK="$(mktemp -d /tmp/tc_test.XXXXXX)"
 chmod 755 "$WORK"
 cleanup() { tc_stop_cluster "$WORK/cluster"; }
@@ -193,21 +204,13 @@ tc_stop_cluster "$WORK/cluster"
 # (test/integrations/exporter_test.sh, docs/operations.md). Its own cluster:
 # it checks exact counter values, which other suites' statements would change.
 tc_log "Prometheus exporter and Grafana dashboard"
-set +e
-test/integrations/exporter_test.sh 2>&1 | tee "$WORK/exporter.log"
-exporter_status=${PIPESTATUS[0]}
-set -e
-record_summary "exporter" "$exporter_status" "$WORK/exporter.log"
+run_and_record exporter test/integrations/exporter_test.sh
 
 # ---- PgBouncer in transaction pooling mode (test/integrations/
 # pgbouncer_test.sh, docs/operations.md): tags, slots and application_name
 # over pooled server connections. Its own cluster, for exact counter values.
 tc_log "PgBouncer (transaction pooling)"
-set +e
-test/integrations/pgbouncer_test.sh 2>&1 | tee "$WORK/pgbouncer.log"
-pgbouncer_status=${PIPESTATUS[0]}
-set -e
-record_summary "pgbouncer" "$pgbouncer_status" "$WORK/pgbouncer.log"
+run_and_record pgbouncer test/integrations/pgbouncer_test.sh
 
 # ---- TAP: error paths that end a backend or the server -------------------
 # (and regress/t/007_standby.pl: a primary and a streaming hot standby)
@@ -255,26 +258,12 @@ fi
 # held, no backend may have crashed and the counters must add up. Its own
 # cluster; a random seed (printed, to replay a failure).
 tc_log "chaos under load (75 s)"
-set +e
-test/chaos/chaos.sh --duration 75 2>&1 | tee "$WORK/chaos.log"
-chaos_status=${PIPESTATUS[0]}
-set -e
-record_summary "chaos" "$chaos_status" "$WORK/chaos.log"
+run_and_record chaos test/chaos/chaos.sh --duration 75
 
 # ---- packaging (test/integrations/deb_test.sh, docs/packaging.md) ---------
 # META.json, and the Debian package built with dpkg-buildpackage, unpacked
 # into a private copy of the server (the system install is left as it is) and
 # run through pg_regress and a JIT-inlined statement. About 70 s.
-# run_and_record SUITE COMMAND...: runs a suite script that closes with
-# "SUITE: N passed, M failed", shows its output and records it.
-run_and_record() {
-  local status
-  set +e
-  "${@:2}" 2>&1 | tee "$WORK/$1.log"
-  status=${PIPESTATUS[0]}
-  set -e
-  record_summary "$1" "$status" "$WORK/$1.log"
-}
 tc_log "packaging: META.json and the Debian package"
 run_and_record deb test/integrations/deb_test.sh
 

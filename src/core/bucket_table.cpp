@@ -171,8 +171,8 @@ struct BucketState {
   std::uint64_t queued;
   std::uint64_t canceled;  // statements canceled by max_duration_ms
   std::uint64_t blocked_quarantined;
-  // Written by a release that measured or was charged CPU (on the second
-  // line: cheap statements are charged 0 when their prediction is unknown).
+  // Written by a release whose statement used (or was predicted) CPU; on the
+  // second line, beside the other counters.
   double cpu_seconds;
   // Written only by a wait: the queue's first and last backend (kNoWaiter
   // when empty).

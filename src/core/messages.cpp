@@ -32,18 +32,20 @@ std::string PercentOfLimit(const BudgetVerdict& verdict) {
   return " (" + FormatNumber(std::round(verdict.level_percent)) + "% of the limit)";
 }
 
+// "another N s": milliseconds left, rounded up to a tenth of a second.
+std::string ForAnother(std::int64_t ms) {
+  return "for another " + FormatNumber(std::ceil(static_cast<double>(ms) / 100.0) / 10.0) + " s";
+}
+
 // "limit ..., level ..." in the units a DBA configured and in CPU-seconds.
 std::string LimitAndLevel(const Budget& budget, const BudgetVerdict& verdict) {
   constexpr const char* kShedsAll = " (a limit of 0 sheds all of this budget's traffic)";
   switch (verdict.limit) {
     case Limit::kShed:
-      return "shed by traffic_control.shed() for another " +
-             FormatNumber(std::ceil(static_cast<double>(verdict.retry_after_ms) / 100.0) / 10.0) +
-             " s";
+      return "shed by traffic_control.shed() " + ForAnother(verdict.retry_after_ms);
     case Limit::kQuarantined:
-      return "pattern quarantined for another " +
-             FormatNumber(std::ceil(static_cast<double>(verdict.retry_after_ms) / 100.0) / 10.0) +
-             " s (quarantine_s = " + FormatNumber(budget.quarantine_s) + ") after " +
+      return "pattern quarantined " + ForAnother(verdict.retry_after_ms) +
+             " (quarantine_s = " + FormatNumber(budget.quarantine_s) + ") after " +
              (verdict.quarantined_by == Limit::kPerQueryLimit
                   ? "a statement of it was refused by per_query_limit"
                   : "a statement of it was canceled by max_duration_ms");

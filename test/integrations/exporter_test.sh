@@ -25,10 +25,7 @@ chmod 755 "$WORK"
 # interrupted or crashed run: the exporters and the sleeping psql by their
 # pid files, then the cluster.
 cleanup() {
-  local pidfile
-  for pidfile in "$WORK"/*.pid; do
-    if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
-  done
+  tc_kill_pidfiles "$WORK"/*.pid
   tc_stop_cluster "$WORK/cluster"
 }
 trap cleanup EXIT

@@ -24,10 +24,7 @@ if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$WORK/pgbouncer"; fi
 # interrupted or crashed run: the PgBouncer instances by their pid files, then
 # the cluster.
 cleanup() {
-  local pidfile
-  for pidfile in "$WORK"/pgbouncer/*.pid; do
-    if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
-  done
+  tc_kill_pidfiles "$WORK"/pgbouncer/*.pid
   tc_stop_cluster "$WORK/cluster"
 }
 trap cleanup EXIT

@@ -87,6 +87,15 @@ tc_start_server() {
   fi
 }
 
+# tc_kill_pidfiles FILE...: stops the processes whose pid files exist (the
+# backstop of a test that started helpers and was interrupted).
+tc_kill_pidfiles() {
+  local pidfile
+  for pidfile in "$@"; do
+    if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+  done
+}
+
 tc_stop_cluster() {
   local dir="$1"
   if [ -f "$dir/data/postmaster.pid" ]; then
