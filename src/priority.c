@@ -39,6 +39,7 @@
 #include <sys/resource.h>
 
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/proc.h"
 #include "utils/timeout.h"
 
@@ -169,17 +170,27 @@ change_priority(int priority)
 
 	if (changed)
 		applied_priority = priority;
-	pg_atomic_write_u32(&tc_shared->backends[TC_PROC_NUMBER(MyProc)].worker_priority,
-						(uint32) applied_priority);
+	if (MyProc != NULL && tc_shared != NULL)
+		pg_atomic_write_u32(&tc_shared->backends[TC_PROC_NUMBER(MyProc)].worker_priority,
+							(uint32) applied_priority);
 	return changed;
 }
 
-/* The linger timeout (in a signal handler): the idle backend restores. */
+/*
+ * The linger timeout (in a signal handler): the idle backend restores. Not
+ * once the backend is exiting: a client that disconnects right after a
+ * statement ends the backend while it lingers, and the timeout can fire in
+ * the middle of proc_exit, after ProcKill has cleared MyProc and shared
+ * memory may be detached (a segfault). An exiting process has nothing to
+ * restore.
+ */
 static void
 linger_timeout_handler(void)
 {
 	int			saved_errno = errno;
 
+	if (proc_exit_inprogress || MyProc == NULL)
+		return;
 	if (restore_due)
 	{
 		restore_due = false;

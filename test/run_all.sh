@@ -212,6 +212,13 @@ run_and_record exporter test/integrations/exporter_test.sh
 tc_log "PgBouncer (transaction pooling)"
 run_and_record pgbouncer test/integrations/pgbouncer_test.sh
 
+# ---- reconnect storm (test/stress/reconnect_test.sh, docs/testing.md) ------
+# 32 pgbench clients reconnecting for every transaction on budgets with
+# cpu_priority and max_duration_ms: backends end while a priority restore
+# lingers; none may crash, no slot may stay held. Its own cluster, ~15 s.
+tc_log "reconnect storm"
+run_and_record reconnect test/stress/reconnect_test.sh
+
 # ---- TAP: error paths that end a backend or the server -------------------
 # (and regress/t/007_standby.pl: a primary and a streaming hot standby)
 # A cgroup with a CPU quota of half a core, which the postgres user may move
