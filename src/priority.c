@@ -26,6 +26,14 @@
  * of one budget then changes the priority once. An idle backend uses no
  * CPU, so its priority while idle changes nothing for anyone.
  *
+ * The linger is 1 s, not shorter: on an overloaded server a busy backend
+ * often waits tens of milliseconds for its client between two statements
+ * (32 pgbench clients on 2 cores), and with a 50 ms linger those waits
+ * restored and lowered the priority again and again, and the timeout's
+ * SIGALRM came 20 times a second per backend. At 32 clients that left 0.76-
+ * 0.79 of the throughput without the library; with 1 s, 0.89-0.91, as much
+ * as without cpu_priority (docs/benchmarks.md).
+ *
  * Locking: TcShared.mutex guards priority_warning_logged (a test-and-set,
  * released before the WARNING). worker_priority[] are atomic: a backend
  * writes its own, its parallel workers read it. The linger timeout's handler
@@ -51,7 +59,7 @@
 static bool priority_restorable = false;
 static const char *not_restorable_reason = "";
 
-#define TC_PRIORITY_LINGER_MS 50
+#define TC_PRIORITY_LINGER_MS 1000
 
 /* This backend's nice value before it ever changed it, and what it runs at. */
 static int	original_nice = 0;

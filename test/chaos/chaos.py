@@ -941,8 +941,8 @@ class Run:
 
     def check_idle_priority(self, conn):
         """Every idle client backend runs at nice 0 under the normal policy:
-        a lowered priority lingers at most 50 ms after a statement (src/priority.c)."""
-        time.sleep(0.5)
+        a lowered priority lingers at most 1 s after a statement (src/priority.c)."""
+        time.sleep(1.5)
         pids = [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
             "AND state LIKE 'idle%' AND pid <> pg_backend_pid()").fetchall()]
