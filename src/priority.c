@@ -21,12 +21,13 @@
  * statement holding a priority ends, the backend keeps it while it does
  * nothing else: it is restored before the backend plans or runs anything
  * that does not ask for the same priority (restore_priority_if_due(), at
- * the planner and at every statement start), or after TC_PRIORITY_LINGER_MS
- * of idleness (a timeout whose handler restores it). A stream of statements
+ * the planner and at every statement start), or after
+ * traffic_control.cpu_priority_linger_ms of idleness (a timeout whose
+ * handler restores it; 0 restores as each statement ends). A stream of statements
  * of one budget then changes the priority once. An idle backend uses no
  * CPU, so its priority while idle changes nothing for anyone.
  *
- * The linger is 1 s, not shorter: on an overloaded server a busy backend
+ * The default linger is 1 s, not shorter: on an overloaded server a busy backend
  * often waits tens of milliseconds for its client between two statements
  * (32 pgbench clients on 2 cores), and with a 50 ms linger those waits
  * restored and lowered the priority again and again, and the timeout's
@@ -58,8 +59,6 @@
 /* Decided in the postmaster by remember_priority_rights(); inherited. */
 static bool priority_restorable = false;
 static const char *not_restorable_reason = "";
-
-#define TC_PRIORITY_LINGER_MS 1000
 
 /* This backend's nice value before it ever changed it, and what it runs at. */
 static int	original_nice = 0;
@@ -216,7 +215,7 @@ apply_cpu_priority(int priority, bool may_linger)
 	restore_due = false;		/* whatever happens next replaces a pending restore */
 	if (priority == applied_priority)
 		return;
-	if (may_linger && priority < applied_priority)
+	if (may_linger && priority < applied_priority && tc_cpu_priority_linger_ms > 0)
 	{
 		if (!linger_timeout_registered)
 		{
@@ -225,7 +224,7 @@ apply_cpu_priority(int priority, bool may_linger)
 		}
 		restore_to = priority;
 		restore_due = true;
-		enable_timeout_after(linger_timeout, TC_PRIORITY_LINGER_MS);
+		enable_timeout_after(linger_timeout, tc_cpu_priority_linger_ms);
 		return;
 	}
 	if (!change_priority(priority))

@@ -53,6 +53,7 @@ int			tc_track = TC_TRACK_TOP;
 bool		tc_track_utility = true;
 int			tc_log_level = LOG;
 int			tc_log_max_per_second = 10;
+int			tc_cpu_priority_linger_ms = 1000;
 
 /* What server_cores = 0 means here; 0 = not worked out yet (see below). */
 static double usable_cpus = 0;
@@ -230,5 +231,9 @@ define_settings(void)
 							"Refusal and warning log lines per second, cluster-wide (0 = no limit).",
 							NULL, &tc_log_max_per_second, 10, 0, 1000000, PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("traffic_control.cpu_priority_linger_ms",
+							"How long an idle backend keeps the CPU priority a statement's budget lowered (0 = restored as the statement ends).",
+							NULL, &tc_cpu_priority_linger_ms, 1000, 0, 60000, PGC_SIGHUP,
+							GUC_UNIT_MS, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("traffic_control");
 }

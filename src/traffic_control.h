@@ -138,6 +138,7 @@ extern TC_INTERNAL int tc_track;
 extern TC_INTERNAL bool tc_track_utility;
 extern TC_INTERNAL int tc_log_level;
 extern TC_INTERNAL int tc_log_max_per_second;
+extern TC_INTERNAL int tc_cpu_priority_linger_ms;
 
 /* The loaded rule set has no rule (asked on every statement). */
 extern TC_INTERNAL bool tc_config_is_empty;

@@ -6,7 +6,9 @@
 # restore lingers after the statement (cpu_priority 5 and "idle"), the
 # max_duration_ms timer, a concurrency slot -- so that backends exit while a
 # restore is pending, and with 32 of them starting and ending on two cores
-# the exit can take longer than the 50 ms linger. Checks that no backend
+# the exit can take longer than the linger (50 ms here,
+# traffic_control.cpu_priority_linger_ms; the default 1 s would make the
+# race rarer, not impossible). Checks that no backend
 # crashed (nor the postmaster reinitialized), that every transaction ran,
 # and that no slot is left held.
 #
@@ -26,6 +28,7 @@ trap 'tc_stop_cluster "$WORK/cluster"' EXIT
 cat >"$WORK/reconnect.conf" <<'CONF'
 traffic_control.budgets = '[{"name":"nice","mode":"enforce","max_concurrent":64,"cpu_priority":5},{"name":"idle","mode":"enforce","max_concurrent":64,"cpu_priority":"idle"},{"name":"timed","mode":"enforce","max_concurrent":64,"max_duration_ms":60000}]'
 traffic_control.rules = '[{"name":"nice","budget":"nice","match":{"test":"nice"}},{"name":"idle","budget":"idle","match":{"test":"idle"}},{"name":"timed","budget":"timed","match":{"test":"timed"}}]'
+traffic_control.cpu_priority_linger_ms = 50
 CONF
 tc_start_cluster "$WORK/cluster" "$WORK/reconnect.conf"
 psql -qAt -c "CREATE EXTENSION traffic_control" postgres
