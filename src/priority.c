@@ -23,17 +23,17 @@
  * that does not ask for the same priority (restore_priority_if_due(), at
  * the planner and at every statement start), or after
  * traffic_control.cpu_priority_linger_ms of idleness (a timeout whose
- * handler restores it; 0 restores as each statement ends). A stream of statements
- * of one budget then changes the priority once. An idle backend uses no
- * CPU, so its priority while idle changes nothing for anyone.
+ * handler restores it; 0 restores as each statement ends). A stream of
+ * statements of one budget then changes the priority once. An idle backend
+ * uses no CPU, so its priority while idle changes nothing for anyone.
  *
- * The default linger is 1 s, not shorter: on an overloaded server a busy backend
- * often waits tens of milliseconds for its client between two statements
- * (32 pgbench clients on 2 cores), and with a 50 ms linger those waits
- * restored and lowered the priority again and again, and the timeout's
- * SIGALRM came 20 times a second per backend. At 32 clients that left 0.76-
- * 0.79 of the throughput without the library; with 1 s, 0.89-0.91, as much
- * as without cpu_priority (docs/benchmarks.md).
+ * The default linger is 1 s, not shorter: on an overloaded server a busy
+ * backend often waits tens of milliseconds for its client between two
+ * statements (32 pgbench clients on 2 cores), and with a 50 ms linger those
+ * waits restored and lowered the priority again and again, and the
+ * timeout's SIGALRM came 20 times a second per backend. At 32 clients that
+ * left 0.76-0.79 of the throughput without the library; with 1 s, 0.89-0.91,
+ * as much as without cpu_priority (docs/benchmarks.md).
  *
  * Locking: TcShared.mutex guards priority_warning_logged (a test-and-set,
  * released before the WARNING). worker_priority[] are atomic: a backend

@@ -8,9 +8,9 @@
 # restore is pending, and with 32 of them starting and ending on two cores
 # the exit can take longer than the linger (50 ms here,
 # traffic_control.cpu_priority_linger_ms; the default 1 s would make the
-# race rarer, not impossible). Checks that no backend
-# crashed (nor the postmaster reinitialized), that every transaction ran,
-# and that no slot is left held.
+# race rarer, not impossible). Checks that no backend crashed (nor the
+# postmaster reinitialized), that every transaction ran, and that no slot is
+# left held.
 #
 # The extension must already be installed into the PostgreSQL that pg_config
 # names. Run as root (the server runs as postgres, with CAP_SYS_NICE so that
@@ -79,5 +79,7 @@ admitted="$(psql -qAt -c "SELECT sum(admitted) FROM traffic_control.budget_statu
 check "every transaction was admitted by its budget (${admitted:-0} >= ${processed:-0})" \
   test "${admitted:-0}" -ge "${processed:-1}"
 
+tc_stop_cluster "$WORK/cluster"
+if [ "$FAILED" -eq 0 ]; then rm -rf "$WORK"; else echo "# work directory kept: $WORK"; fi
 echo "reconnect: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
